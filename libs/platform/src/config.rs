@@ -1,0 +1,382 @@
+//! Settings: compiled-in defaults, then an optional file, then `PORTAL_`-prefixed environment
+//! variables (`__` between levels), then `DATABASE_URL`. Validated once at start-up; every error
+//! names the key it is about and never the value, so a secret cannot leak through an error.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Everything a portal process is configured with. Each service reads the shared sections and
+/// its own `[<service>]` section, so one file can configure the whole suite.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub deployment: Deployment,
+    pub telemetry: TelemetrySettings,
+    pub database: DatabaseSettings,
+    pub server: ServerSettings,
+    pub identity: ServiceSettings,
+    pub consent: ServiceSettings,
+    pub approval: ServiceSettings,
+    pub transfer: ServiceSettings,
+}
+
+/// Article 1: the group entity that operates this deployment and the region it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    pub region: String,
+    /// ISO 3166-1 alpha-2 country of the operating entity.
+    pub country: String,
+    pub operating_entity: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub service_namespace: String,
+    /// OTLP/gRPC collector; traces are exported only when this is set.
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// The running service's connection: its app role in production, a superuser in
+    /// development (with `assume_roles`).
+    pub url: Option<SecretString>,
+    /// The owner role's connection, used only to run migrations. Without it (and without
+    /// `assume_roles`) the service waits for a migration job to bring its schema up to date.
+    pub migration_url: Option<SecretString>,
+    /// Development: `url` is a superuser; create each service's roles and schema, and run as
+    /// the owner role for migrations and the app role otherwise (`SET ROLE`).
+    pub assume_roles: bool,
+    pub max_connections: u32,
+    /// How long a call waits for a connection (including connecting) before `UNAVAILABLE`.
+    pub acquire_timeout_ms: u64,
+    /// How often the database is probed for the health status.
+    pub health_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub request_timeout_ms: u64,
+    pub max_message_bytes: usize,
+    pub max_concurrent_requests_per_connection: usize,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    pub listen: SocketAddr,
+}
+
+/// A configuration problem, naming the key and never its value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("configuration: {0}")]
+    Load(String),
+}
+
+impl ConfigError {
+    fn invalid(key: &str, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the settings of a running process: defaults, `file`, then its environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars().collect())
+    }
+
+    /// Loads the settings with an explicit environment (tests pass their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let database_url = env.get("DATABASE_URL").cloned();
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).required(true));
+        }
+        if let Some(url) = database_url.filter(|_| !env.contains_key("PORTAL_DATABASE__URL")) {
+            builder = builder
+                .set_override("database.url", url)
+                .map_err(|e| ConfigError::Load(e.to_string()))?;
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("PORTAL")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env.into_iter().collect())),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(describe_load_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Range and shape checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.deployment;
+        if d.region.is_empty() || !d.region.chars().all(|c| c.is_ascii_lowercase()) {
+            return Err(ConfigError::invalid(
+                "deployment.region",
+                "must be a lower-case region code such as `jp`",
+            ));
+        }
+        if d.country.len() != 2 || !d.country.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(ConfigError::invalid(
+                "deployment.country",
+                "must be an ISO 3166-1 alpha-2 code such as `JP`",
+            ));
+        }
+        if d.operating_entity.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "deployment.operating_entity",
+                "must not be empty",
+            ));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            let parsed = url::Url::parse(endpoint);
+            if !matches!(parsed, Ok(ref u) if u.scheme() == "http" || u.scheme() == "https") {
+                return Err(ConfigError::invalid(
+                    "telemetry.otlp_endpoint",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter).is_err() {
+            return Err(ConfigError::invalid(
+                "telemetry.log_filter",
+                "is not a valid tracing filter directive",
+            ));
+        }
+        for (key, url) in [
+            ("database.url", &self.database.url),
+            ("database.migration_url", &self.database.migration_url),
+        ] {
+            if let Some(url) = url {
+                check_postgres_url(key, url)?;
+            }
+        }
+        let db = &self.database;
+        in_range(
+            "database.max_connections",
+            db.max_connections.into(),
+            1,
+            1000,
+        )?;
+        in_range(
+            "database.acquire_timeout_ms",
+            db.acquire_timeout_ms,
+            100,
+            60_000,
+        )?;
+        in_range(
+            "database.health_interval_ms",
+            db.health_interval_ms,
+            100,
+            60_000,
+        )?;
+        let s = &self.server;
+        in_range(
+            "server.request_timeout_ms",
+            s.request_timeout_ms,
+            100,
+            600_000,
+        )?;
+        in_range(
+            "server.max_message_bytes",
+            s.max_message_bytes as u64,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        in_range(
+            "server.max_concurrent_requests_per_connection",
+            s.max_concurrent_requests_per_connection as u64,
+            1,
+            100_000,
+        )?;
+        in_range("server.shutdown_grace_ms", s.shutdown_grace_ms, 0, 600_000)?;
+        Ok(())
+    }
+
+    /// The section of one service, by its short name (`identity`, `consent`, ...).
+    pub fn service(&self, name: &str) -> Option<&ServiceSettings> {
+        match name {
+            "identity" => Some(&self.identity),
+            "consent" => Some(&self.consent),
+            "approval" => Some(&self.approval),
+            "transfer" => Some(&self.transfer),
+            _ => None,
+        }
+    }
+
+    /// The database URL the running service connects with, or an error naming the key.
+    pub fn database_url(&self) -> Result<&SecretString, ConfigError> {
+        self.database.url.as_ref().ok_or_else(|| {
+            ConfigError::invalid("database.url", "is required (or set DATABASE_URL)")
+        })
+    }
+}
+
+impl ServerSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+fn in_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
+fn check_postgres_url(key: &str, url: &SecretString) -> Result<(), ConfigError> {
+    match url::Url::parse(url.expose_secret()) {
+        Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => Ok(()),
+        // The value may hold a password, so the message describes it without quoting it.
+        _ => Err(ConfigError::invalid(
+            key,
+            "must be a postgres:// URL (value not shown: it may hold a password)",
+        )),
+    }
+}
+
+/// The `config` crate names the key in its messages but may quote the offending value; values
+/// of secret keys must not reach the output, so those messages are reduced to the key.
+fn describe_load_error(error: config::ConfigError) -> ConfigError {
+    let text = error.to_string();
+    for secret_key in ["database.url", "database.migration_url"] {
+        if text.contains(secret_key) {
+            return ConfigError::invalid(secret_key, "has an invalid value (not shown)");
+        }
+    }
+    ConfigError::Load(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(None, env)
+    }
+
+    #[test]
+    fn compiled_in_defaults_parse_and_validate() {
+        let settings = load(&[]).unwrap();
+        assert_eq!(settings.identity.listen.port(), 50051);
+        assert_eq!(settings.consent.listen.port(), 50052);
+        assert_eq!(settings.approval.listen.port(), 50053);
+        assert_eq!(settings.transfer.listen.port(), 50054);
+        assert!(settings.database.url.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let settings = load(&[
+            ("PORTAL_IDENTITY__LISTEN", "127.0.0.1:6001"),
+            ("PORTAL_SERVER__REQUEST_TIMEOUT_MS", "5000"),
+            ("PORTAL_DEPLOYMENT__REGION", "uk"),
+        ])
+        .unwrap();
+        assert_eq!(settings.identity.listen.port(), 6001);
+        assert_eq!(settings.server.request_timeout_ms, 5000);
+        assert_eq!(settings.deployment.region, "uk");
+    }
+
+    #[test]
+    fn database_url_is_honoured_unless_the_portal_key_is_set() {
+        let settings = load(&[("DATABASE_URL", "postgres://a@h/one")]).unwrap();
+        let url = settings.database_url().unwrap().expose_secret().to_owned();
+        assert_eq!(url, "postgres://a@h/one");
+
+        let settings = load(&[
+            ("DATABASE_URL", "postgres://a@h/one"),
+            ("PORTAL_DATABASE__URL", "postgres://b@h/two"),
+        ])
+        .unwrap();
+        let url = settings.database_url().unwrap().expose_secret().to_owned();
+        assert_eq!(url, "postgres://b@h/two");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = load(&[("PORTAL_SERVER__MAX_MESSAGE_BYTES", "12")]).unwrap_err();
+        assert!(
+            err.to_string().contains("server.max_message_bytes"),
+            "{err}"
+        );
+
+        let err = load(&[("PORTAL_IDENTITY__LISTEN", "not-an-address")]).unwrap_err();
+        assert!(err.to_string().contains("identity.listen"), "{err}");
+
+        let err = load(&[("PORTAL_DEPLOYMENT__COUNTRY", "Japan")]).unwrap_err();
+        assert!(err.to_string().contains("deployment.country"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_database_url_is_reported_without_its_value() {
+        let err = load(&[("DATABASE_URL", "mysql://root:hunter2-secret@db/x")]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("database.url"), "{text}");
+        assert!(!text.contains("hunter2-secret"), "{text}");
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_debug_output() {
+        let settings = load(&[("DATABASE_URL", "postgres://u:hunter2-secret@h/db")]).unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2-secret"));
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portal.toml");
+        std::fs::write(&path, "[server]\nrequest_timeout_msec = 5\n").unwrap();
+        let err = Settings::load_from(Some(&path), HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("request_timeout_msec"), "{err}");
+    }
+}

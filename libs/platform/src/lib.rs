@@ -1,0 +1,16 @@
+//! What every portal service stands on, each mechanism in one place: configuration
+//! ([`config`]), telemetry ([`telemetry`]), the database and its roles ([`db`]), serving
+//! ([`server`]), outgoing calls ([`client`]), errors as gRPC statuses ([`error`]), the binary
+//! entry point ([`cli`]) and a private PostgreSQL from local binaries ([`local_pg`]).
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod local_pg;
+pub mod server;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use server::{ServiceContext, ServiceDef};

@@ -1,0 +1,310 @@
+//! One way to serve a portal service: health (`NOT_SERVING` until the database is reachable and
+//! migrated, and again whenever it is lost), reflection v1 and v1alpha, deadlines, bounded
+//! message sizes and concurrency, a readiness gate, and a graceful drain on shutdown.
+//!
+//! Requests pass, outermost first: the trace span (with the caller's W3C context), the
+//! deadline, then the readiness gate. Authentication (issue 3) joins as a layer beside the
+//! gate, and so applies to the service's methods but not to health or reflection.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Settings;
+use crate::db::{DatabaseAccess, Schema};
+use crate::error::{ApiError, DATABASE_UNAVAILABLE};
+use crate::telemetry;
+
+/// What makes one service: its names, contract, schema, and how to build its gRPC handlers.
+#[derive(Debug)]
+pub struct ServiceDef {
+    /// Short name: `identity`, `consent`, `approval` or `transfer` (also its config section).
+    pub name: &'static str,
+    /// Fully-qualified gRPC service name, as health and reflection report it.
+    pub grpc_service: &'static str,
+    /// Encoded descriptor set of the service's package, for reflection.
+    pub descriptor_set: &'static [u8],
+    pub schema: Schema,
+    /// Builds the service's handlers.
+    pub routes: fn(ServiceContext) -> Routes,
+}
+
+/// What a service's handlers are built with.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// Connections as the service's app role.
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+}
+
+impl ServiceContext {
+    /// The largest request a service accepts; generated servers are configured with it.
+    pub fn max_message_bytes(&self) -> usize {
+        self.settings.server.max_message_bytes
+    }
+}
+
+/// Binds the service's configured address. Binding comes first so that the port is known
+/// (and taken) before anything is announced.
+pub async fn bind(def: &ServiceDef, settings: &Settings) -> anyhow::Result<TcpListener> {
+    let addr = settings
+        .service(def.name)
+        .with_context(|| format!("no configuration section `{}`", def.name))?
+        .listen;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{}: cannot listen on {addr}", def.name))
+}
+
+/// Serves `def` on `listener` until `shutdown` completes, then drains in-flight calls for at
+/// most `server.shutdown_grace_ms`.
+pub async fn serve(
+    def: &'static ServiceDef,
+    settings: Arc<Settings>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let url = settings.database_url()?.clone();
+    let access = DatabaseAccess::new(def.schema, url, &settings.database);
+    let pool = access
+        .app_pool()
+        .context("database.url is not a usable PostgreSQL URL")?;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let ready = Arc::new(AtomicBool::new(false));
+    set_health(&reporter, def, false).await;
+    let probe = tokio::spawn(watch_database(
+        def,
+        access,
+        pool.clone(),
+        reporter.clone(),
+        Arc::clone(&ready),
+        Duration::from_millis(settings.database.health_interval_ms),
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(def.descriptor_set)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(def.descriptor_set)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let context = ServiceContext {
+        pool: pool.clone(),
+        settings: Arc::clone(&settings),
+    };
+    let routes = (def.routes)(context)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let limits = &settings.server;
+    let max_streams = u32::try_from(limits.max_concurrent_requests_per_connection).ok();
+    let addr = listener.local_addr()?;
+    tracing::info!(service = def.name, %addr, "listening");
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal_reporter = reporter.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!(service = def.name, "draining");
+        // Load balancers stop sending new calls while the in-flight ones finish.
+        set_health(&signal_reporter, def, false).await;
+        let _ = drain_tx.send(());
+    };
+    let server = Server::builder()
+        // tonic's own timeout answers DEADLINE_EXCEEDED / CANCELLED and honours the caller's
+        // `grpc-timeout` (a tower TimeoutLayer would reset the stream instead).
+        .timeout(limits.request_timeout())
+        .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
+        .max_concurrent_streams(max_streams)
+        .trace_fn(telemetry::server_span)
+        .layer(ReadinessGateLayer {
+            ready: Arc::clone(&ready),
+        })
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+    tokio::pin!(server);
+
+    let grace = limits.shutdown_grace();
+    let drain_deadline = async move {
+        if drain_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = &mut server => result.map_err(anyhow::Error::from),
+        () = drain_deadline => {
+            tracing::warn!(service = def.name, "drain grace elapsed; closing open calls");
+            Ok(())
+        }
+    };
+    probe.abort();
+    pool.close().await;
+    tracing::info!(service = def.name, "stopped");
+    result
+}
+
+/// Keeps health and the readiness gate in step with the database: migrates when this process
+/// may, then probes on every tick.
+async fn watch_database(
+    def: &'static ServiceDef,
+    access: DatabaseAccess,
+    pool: PgPool,
+    reporter: HealthReporter,
+    ready: Arc<AtomicBool>,
+    interval: Duration,
+) {
+    let mut migrated = !access.can_migrate();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if !migrated {
+            match access.migrate().await {
+                Ok(()) => migrated = true,
+                Err(e) => {
+                    tracing::warn!(service = def.name, error = %e, "migration failed; retrying")
+                }
+            }
+        }
+        let probe = tokio::time::timeout(
+            interval.max(Duration::from_secs(2)),
+            crate::db::is_ready(&pool, def.schema),
+        )
+        .await;
+        let now_ready = matches!(probe, Ok(Ok(true)));
+        if now_ready != ready.swap(now_ready, Ordering::SeqCst) {
+            if now_ready {
+                tracing::info!(service = def.name, "database ready: serving");
+            } else {
+                tracing::warn!(service = def.name, "database unavailable: not serving");
+            }
+            set_health(&reporter, def, now_ready).await;
+        }
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, def: &ServiceDef, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(def.grpc_service, status).await;
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// Health and reflection answer whatever the database's state; a load balancer asks health.
+fn is_infrastructure(path: &str) -> bool {
+    path.starts_with(&format!(
+        "/{}/",
+        tonic_health::pb::health_server::HealthServer::<tonic_health::server::HealthService>::NAME
+    )) || path.starts_with("/grpc.reflection.")
+}
+
+/// Answers `UNAVAILABLE` at once while the database is lost, instead of letting each call wait
+/// for a connection until its deadline.
+#[derive(Debug, Clone)]
+struct ReadinessGateLayer {
+    ready: Arc<AtomicBool>,
+}
+
+impl<S> tower::Layer<S> for ReadinessGateLayer {
+    type Service = ReadinessGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ReadinessGate {
+            inner,
+            ready: Arc::clone(&self.ready),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ReadinessGate<S> {
+    inner: S,
+    ready: Arc<AtomicBool>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for ReadinessGate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if self.ready.load(Ordering::SeqCst) || is_infrastructure(request.uri().path()) {
+            // The clone that was polled ready serves this call; the fresh clone waits for the next.
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            Box::pin(inner.call(request))
+        } else {
+            let status: tonic::Status =
+                ApiError::unavailable(DATABASE_UNAVAILABLE, "the database is unavailable").into();
+            Box::pin(std::future::ready(Ok(status.into_http())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_and_reflection_bypass_the_readiness_gate() {
+        assert!(is_infrastructure("/grpc.health.v1.Health/Check"));
+        assert!(is_infrastructure(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(!is_infrastructure(
+            "/portal.identity.v1.IdentityService/GetTenant"
+        ));
+    }
+}

@@ -1,0 +1,4 @@
+-- Runs as approval_owner, which owns the `approval` schema. The app role the service runs as may
+-- use the schema; each later migration grants it exactly the table access it needs, so it
+-- can never run DDL here nor reach another service's schema.
+GRANT USAGE ON SCHEMA approval TO approval_app;

@@ -1,0 +1,34 @@
+//! The consent service: Versioned terms and privacy policy, the append-only consent ledger, consent decisions and signed receipts (Articles 5-7).
+//!
+//! `api` holds the gRPC handlers; the domain rules and the SQL arrive with the issues that
+//! implement the methods.
+
+mod api;
+
+use portal_platform::db::Schema;
+use portal_platform::{ServiceContext, ServiceDef};
+use portal_proto::consent::v1::consent_service_server::ConsentServiceServer;
+use sqlx::migrate::Migrator;
+use tonic::service::Routes;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// The consent service as the platform serves it.
+pub static SERVICE: ServiceDef = ServiceDef {
+    name: "consent",
+    grpc_service: "portal.consent.v1.ConsentService",
+    descriptor_set: portal_proto::consent::v1::FILE_DESCRIPTOR_SET,
+    schema: Schema {
+        name: "consent",
+        migrations: &MIGRATIONS,
+    },
+    routes,
+};
+
+fn routes(context: ServiceContext) -> Routes {
+    let max = context.max_message_bytes();
+    let server = ConsentServiceServer::new(api::ConsentServiceApi)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    Routes::new(server)
+}

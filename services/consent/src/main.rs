@@ -1,0 +1,5 @@
+//! `consent-service [--config FILE] [serve | migrate]`
+
+fn main() -> std::process::ExitCode {
+    portal_platform::cli::run(&consent_service::SERVICE)
+}

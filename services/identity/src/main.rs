@@ -1,0 +1,5 @@
+//! `identity-service [--config FILE] [serve | migrate]`
+
+fn main() -> std::process::ExitCode {
+    portal_platform::cli::run(&identity_service::SERVICE)
+}

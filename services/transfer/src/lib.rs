@@ -1,0 +1,34 @@
+//! The transfer service: The registry of group entities and subcontractors, and the decision and log of every transfer of PI (Articles 3, 4).
+//!
+//! `api` holds the gRPC handlers; the domain rules and the SQL arrive with the issues that
+//! implement the methods.
+
+mod api;
+
+use portal_platform::db::Schema;
+use portal_platform::{ServiceContext, ServiceDef};
+use portal_proto::transfer::v1::affiliate_transfer_service_server::AffiliateTransferServiceServer;
+use sqlx::migrate::Migrator;
+use tonic::service::Routes;
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// The transfer service as the platform serves it.
+pub static SERVICE: ServiceDef = ServiceDef {
+    name: "transfer",
+    grpc_service: "portal.transfer.v1.AffiliateTransferService",
+    descriptor_set: portal_proto::transfer::v1::FILE_DESCRIPTOR_SET,
+    schema: Schema {
+        name: "transfer",
+        migrations: &MIGRATIONS,
+    },
+    routes,
+};
+
+fn routes(context: ServiceContext) -> Routes {
+    let max = context.max_message_bytes();
+    let server = AffiliateTransferServiceServer::new(api::AffiliateTransferServiceApi)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    Routes::new(server)
+}

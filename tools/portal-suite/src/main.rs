@@ -1,0 +1,170 @@
+//! `portal-suite`: the whole suite in one process for development. Runs the four services on
+//! their configured ports against the configured PostgreSQL, or, when none is configured or
+//! reachable, against a private PostgreSQL it starts from the local binaries in a data folder
+//! it keeps between runs. Stops cleanly on Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use portal_platform::ServiceDef;
+use portal_platform::config::Settings;
+use portal_platform::db::{ensure_database, with_database};
+use portal_platform::local_pg::LocalCluster;
+use portal_platform::{server, telemetry};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::Connection;
+use tokio::sync::watch;
+
+const SERVICES: [&ServiceDef; 4] = [
+    &identity_service::SERVICE,
+    &consent_service::SERVICE,
+    &approval_service::SERVICE,
+    &transfer_service::SERVICE,
+];
+
+/// The database the suite's services share, one schema each.
+const SUITE_DATABASE: &str = "portal";
+
+#[derive(Debug, Parser)]
+#[command(about = "Run the portal privacy suite (all four services) in one process")]
+struct Args {
+    /// A TOML file layered over the compiled-in defaults (the environment still wins).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the private PostgreSQL keeps its data when no server is configured or reachable.
+    #[arg(long, value_name = "DIR", default_value = ".portal-suite/postgres")]
+    data_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match Settings::load(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("portal-suite: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("portal-suite: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portal-suite: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, mut settings: Settings) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init("portal-suite", &settings.telemetry)?;
+    let (url, cluster) = choose_database(&settings, &args.data_dir).await?;
+    settings.database.url = Some(url);
+    if cluster.is_some() {
+        settings.database.assume_roles = true;
+    }
+    let settings = Arc::new(settings);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for def in SERVICES {
+        let listener = server::bind(def, &settings).await?;
+        println!(
+            "{:<9} {:<45} listening on {}",
+            def.name,
+            def.grpc_service,
+            listener.local_addr()?
+        );
+        let mut stop = stop_rx.clone();
+        let shutdown = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        tasks.push(tokio::spawn(server::serve(
+            def,
+            Arc::clone(&settings),
+            listener,
+            shutdown,
+        )));
+    }
+    println!("portal-suite is up; Ctrl-C stops it");
+
+    server::shutdown_signal().await;
+    stop_tx.send_replace(true);
+    let mut result = Ok(());
+    for task in tasks {
+        if let Err(e) = task.await.map_err(anyhow::Error::from).and_then(|r| r) {
+            result = Err(e);
+        }
+    }
+    if let Some(cluster) = cluster {
+        println!(
+            "stopping the private PostgreSQL in {}",
+            cluster.data_dir().display()
+        );
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    }
+    println!("portal-suite stopped");
+    result
+}
+
+/// The configured server when it answers; otherwise a private cluster in `data_dir`.
+async fn choose_database(
+    settings: &Settings,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(SecretString, Option<LocalCluster>)> {
+    if let Some(url) = &settings.database.url {
+        if reachable(url).await {
+            ensure_named_database(url).await?;
+            println!("using the configured PostgreSQL");
+            return Ok((url.clone(), None));
+        }
+        println!("the configured PostgreSQL does not answer; starting a private one");
+    }
+    let dir = data_dir.to_path_buf();
+    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&dir))
+        .await?
+        .context("starting a private PostgreSQL")?;
+    println!(
+        "private PostgreSQL on 127.0.0.1:{}, data kept in {}",
+        cluster.port(),
+        cluster.data_dir().display()
+    );
+    let url = with_database(&cluster.admin_url(), SUITE_DATABASE)?;
+    ensure_database(&cluster.admin_url(), SUITE_DATABASE).await?;
+    Ok((url, Some(cluster)))
+}
+
+async fn reachable(url: &SecretString) -> bool {
+    let Ok(maintenance) = with_database(url, "postgres") else {
+        return false;
+    };
+    let Ok(options) = sqlx::postgres::PgConnectOptions::from_str(maintenance.expose_secret())
+    else {
+        return false;
+    };
+    let attempt = sqlx::PgConnection::connect_with(&options);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), attempt).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Development convenience: the database the URL names is created if missing.
+async fn ensure_named_database(url: &SecretString) -> anyhow::Result<()> {
+    let parsed = url::Url::parse(url.expose_secret())?;
+    let name = parsed.path().trim_start_matches('/');
+    if !name.is_empty() {
+        ensure_database(url, name).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The README's first command, run as a user would: the real `portal-suite` binary.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use portal_testkit::TestDb;
+use secrecy::ExposeSecret;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const SERVICES: [&str; 4] = [
+    "portal.identity.v1.IdentityService",
+    "portal.consent.v1.ConsentService",
+    "portal.approval.v1.ApprovalService",
+    "portal.transfer.v1.AffiliateTransferService",
+];
+
+/// A `portal-suite` process on free ports (so parallel runs do not collide).
+fn suite() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portal-suite"));
+    for service in ["IDENTITY", "CONSENT", "APPROVAL", "TRANSFER"] {
+        command.env(format!("PORTAL_{service}__LISTEN"), "127.0.0.1:0");
+    }
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("PORTAL_DATABASE__URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Reads the suite's announcements until it says it is up; returns each service's address.
+fn wait_until_up(child: &mut Child) -> (Vec<(String, String)>, mpsc::Receiver<String>) {
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut listening = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(120))
+            .expect("portal-suite did not come up in time");
+        if line.contains("portal-suite is up") {
+            return (listening, lines);
+        }
+        if let Some((head, addr)) = line.split_once(" listening on ") {
+            let grpc_name = head.split_whitespace().nth(1).unwrap().to_owned();
+            listening.push((grpc_name, addr.trim().to_owned()));
+        }
+    }
+}
+
+async fn health(addr: &str, service: &str) -> Option<ServingStatus> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut client = HealthClient::new(channel);
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    Some(client.check(request).await.ok()?.into_inner().status())
+}
+
+async fn assert_all_serving(listening: &[(String, String)]) {
+    let names: Vec<&str> = listening.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, SERVICES);
+    for (service, addr) in listening {
+        portal_testkit::eventually(Duration::from_secs(30), service, || async {
+            (health(addr, service).await == Some(ServingStatus::Serving)).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn rest_of_output(child: &mut Child, lines: mpsc::Receiver<String>) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let stdout: Vec<String> = lines.iter().collect();
+    format!("{}\n{stderr}", stdout.join("\n"))
+}
+
+#[tokio::test]
+async fn the_suite_serves_all_four_services_and_stops_cleanly_on_sigterm() {
+    let db = TestDb::new(&[]).await.unwrap();
+    // Trust authentication ignores the password, so it can stand in for a real secret.
+    let url = db
+        .url()
+        .expose_secret()
+        .replace("postgres@", "postgres:hunter2-not-for-logs@");
+    let mut child = suite().env("DATABASE_URL", &url).spawn().unwrap();
+    let (listening, lines) = wait_until_up(&mut child);
+    assert_all_serving(&listening).await;
+
+    terminate(&child);
+    let status = child.wait().unwrap();
+    let output = rest_of_output(&mut child, lines);
+    assert!(status.success(), "exit {status}: {output}");
+    assert!(output.contains("portal-suite stopped"), "{output}");
+    assert!(
+        !output.contains("hunter2-not-for-logs"),
+        "a secret was printed: {output}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_configured_database_the_suite_runs_its_own_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    // PostgreSQL runs as an unprivileged user, which must be able to reach the data folder.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data_dir = dir.path().join("pgdata");
+    let mut child = suite().arg("--data-dir").arg(&data_dir).spawn().unwrap();
+    let (listening, lines) = wait_until_up(&mut child);
+    assert_all_serving(&listening).await;
+    assert!(
+        data_dir.join("PG_VERSION").exists(),
+        "the data folder is kept"
+    );
+
+    terminate(&child);
+    let status = child.wait().unwrap();
+    let output = rest_of_output(&mut child, lines);
+    assert!(status.success(), "exit {status}: {output}");
+    assert!(
+        !data_dir.join("postmaster.pid").exists(),
+        "PostgreSQL was stopped: {output}"
+    );
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_naming_the_key_and_not_the_secret() {
+    let output = suite()
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres:hunter2-not-for-logs@127.0.0.1:1/db",
+        )
+        .env("PORTAL_SERVER__REQUEST_TIMEOUT_MS", "soon")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("server.request_timeout_ms"), "{stderr}");
+    assert!(!stderr.contains("hunter2") && !stdout.contains("hunter2"));
+
+    let output = suite()
+        .env(
+            "DATABASE_URL",
+            "mysql://root:hunter2-not-for-logs@127.0.0.1:1/db",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("database.url"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
