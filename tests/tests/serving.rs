@@ -137,11 +137,9 @@ async fn a_lost_database_turns_health_not_serving_within_five_seconds_and_recove
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{}: {status:?}", def.name);
-        let reason = status
-            .get_error_details()
-            .error_info()
-            .map(|i| i.reason.clone());
-        assert_eq!(reason.as_deref(), Some("DATABASE_UNAVAILABLE"));
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "DATABASE_UNAVAILABLE");
+        assert_eq!(info.domain, def.error_domain);
         // Health itself keeps answering, so orchestrators can see the state.
         assert_eq!(service.health().await.unwrap(), ServingStatus::NotServing);
 

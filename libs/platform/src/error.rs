@@ -86,7 +86,7 @@ impl ApiError {
         self
     }
 
-    /// Sets the `ErrorInfo.domain`: the service the reason belongs to.
+    /// Sets the `ErrorInfo.domain`: the service the reason belongs to (`portal.<service>`).
     pub fn in_domain(mut self, domain: &'static str) -> Self {
         self.domain = domain;
         self

@@ -35,6 +35,8 @@ pub struct ServiceDef {
     pub name: &'static str,
     /// Fully-qualified gRPC service name, as health and reflection report it.
     pub grpc_service: &'static str,
+    /// `google.rpc.ErrorInfo.domain` of the service's errors (`portal.<name>`).
+    pub error_domain: &'static str,
     /// Encoded descriptor set of the service's package, for reflection.
     pub descriptor_set: &'static [u8],
     pub schema: Schema,
@@ -135,6 +137,7 @@ pub async fn serve(
         .trace_fn(telemetry::server_span)
         .layer(ReadinessGateLayer {
             ready: Arc::clone(&ready),
+            domain: def.error_domain,
         })
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
@@ -240,6 +243,7 @@ fn is_infrastructure(path: &str) -> bool {
 #[derive(Debug, Clone)]
 struct ReadinessGateLayer {
     ready: Arc<AtomicBool>,
+    domain: &'static str,
 }
 
 impl<S> tower::Layer<S> for ReadinessGateLayer {
@@ -249,6 +253,7 @@ impl<S> tower::Layer<S> for ReadinessGateLayer {
         ReadinessGate {
             inner,
             ready: Arc::clone(&self.ready),
+            domain: self.domain,
         }
     }
 }
@@ -257,6 +262,7 @@ impl<S> tower::Layer<S> for ReadinessGateLayer {
 struct ReadinessGate<S> {
     inner: S,
     ready: Arc<AtomicBool>,
+    domain: &'static str,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -287,7 +293,9 @@ where
             Box::pin(inner.call(request))
         } else {
             let status: tonic::Status =
-                ApiError::unavailable(DATABASE_UNAVAILABLE, "the database is unavailable").into();
+                ApiError::unavailable(DATABASE_UNAVAILABLE, "the database is unavailable")
+                    .in_domain(self.domain)
+                    .into();
             Box::pin(std::future::ready(Ok(status.into_http())))
         }
     }

@@ -16,6 +16,7 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// The approval service as the platform serves it.
 pub static SERVICE: ServiceDef = ServiceDef {
     name: "approval",
+    error_domain: "portal.approval",
     grpc_service: "portal.approval.v1.ApprovalService",
     descriptor_set: portal_proto::approval::v1::FILE_DESCRIPTOR_SET,
     schema: Schema {

@@ -16,6 +16,7 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// The consent service as the platform serves it.
 pub static SERVICE: ServiceDef = ServiceDef {
     name: "consent",
+    error_domain: "portal.consent",
     grpc_service: "portal.consent.v1.ConsentService",
     descriptor_set: portal_proto::consent::v1::FILE_DESCRIPTOR_SET,
     schema: Schema {

@@ -16,6 +16,7 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// The identity service as the platform serves it.
 pub static SERVICE: ServiceDef = ServiceDef {
     name: "identity",
+    error_domain: "portal.identity",
     grpc_service: "portal.identity.v1.IdentityService",
     descriptor_set: portal_proto::identity::v1::FILE_DESCRIPTOR_SET,
     schema: Schema {

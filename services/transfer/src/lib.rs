@@ -16,6 +16,7 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// The transfer service as the platform serves it.
 pub static SERVICE: ServiceDef = ServiceDef {
     name: "transfer",
+    error_domain: "portal.transfer",
     grpc_service: "portal.transfer.v1.AffiliateTransferService",
     descriptor_set: portal_proto::transfer::v1::FILE_DESCRIPTOR_SET,
     schema: Schema {
