@@ -14,8 +14,9 @@ use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
 
 use crate::config::DatabaseSettings;
 
-/// Advisory-lock key that serialises role creation across processes (roles are cluster-wide).
-const ROLE_LOCK_KEY: i64 = 0x706f_7274_616c_0001;
+/// Advisory-lock key that serialises bootstrap and migrations within one database: a `GRANT`
+/// and a `REVOKE` on the same schema at once fail with "tuple concurrently updated".
+const MIGRATION_LOCK_KEY: i64 = 0x706f_7274_616c_0001;
 
 /// One service's schema and its migrations.
 #[derive(Debug, Clone, Copy)]
@@ -44,22 +45,26 @@ impl Schema {
     }
 
     /// Statements a superuser runs to give this schema its roles (development, tests). In
-    /// production a DBA runs the same statements once; `docs/operations.md` lists them.
+    /// production a DBA runs the equivalent once; `docs/platform.md` shows them.
     pub fn bootstrap_statements(&self) -> Vec<String> {
-        let (schema, owner, app) = (self.name, self.owner_role(), self.app_role());
-        vec![
-            format!("SELECT pg_advisory_xact_lock({ROLE_LOCK_KEY})"),
-            format!(
-                "DO $$ BEGIN \
-                   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}') THEN \
-                     CREATE ROLE {owner} LOGIN; END IF; \
-                   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{app}') THEN \
-                     CREATE ROLE {app} LOGIN; END IF; \
-                 END $$"
-            ),
-            format!("CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}"),
-            format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC"),
-        ]
+        let schema = self.name;
+        let mut statements: Vec<String> = [self.owner_role(), self.app_role()]
+            .iter()
+            // Roles are cluster-wide and advisory locks are not, so processes bootstrapping
+            // different databases can race to create a role: losing that race is success.
+            .map(|role| {
+                format!(
+                    "DO $$ BEGIN CREATE ROLE {role} LOGIN; \
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+                )
+            })
+            .collect();
+        statements.push(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {}",
+            self.owner_role()
+        ));
+        statements.push(format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC"));
+        statements
     }
 }
 
@@ -119,9 +124,29 @@ impl DatabaseAccess {
 
     /// Creates roles and schema if needed and applies pending migrations as the owner role.
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+        let url = match (&self.migration_url, self.assume_roles) {
+            (_, true) => &self.url,
+            (Some(url), false) => url,
+            (None, false) => return Ok(()),
+        };
+        let mut conn = self.connect(url).await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK_KEY)
+            .execute(&mut conn)
+            .await?;
+        let migrated = self.migrate_locked(&mut conn).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK_KEY)
+            .execute(&mut conn)
+            .await;
+        migrated?;
+        unlocked?;
+        conn.close().await
+    }
+
+    async fn migrate_locked(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         let schema = self.schema;
-        let mut conn = if self.assume_roles {
-            let mut conn = self.connect(&self.url).await?;
+        if self.assume_roles {
             let mut tx = conn.begin().await?;
             for statement in schema.bootstrap_statements() {
                 tx.execute(AssertSqlSafe(statement)).await?;
@@ -129,16 +154,11 @@ impl DatabaseAccess {
             tx.commit().await?;
             conn.execute(AssertSqlSafe(format!("SET ROLE {}", schema.owner_role())))
                 .await?;
-            conn
-        } else if let Some(url) = &self.migration_url {
-            self.connect(url).await?
-        } else {
-            return Ok(());
-        };
+        }
         schema
             .migrator()
             // `run_direct` is sqlx's way around `run`'s future not being provably `Send`.
-            .run_direct(None, &mut conn, false)
+            .run_direct(None, &mut *conn, false)
             .await
             .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
         // The app role reads the migrations table to know its schema is up to date.
@@ -148,7 +168,7 @@ impl DatabaseAccess {
             schema.app_role()
         )))
         .await?;
-        conn.close().await
+        Ok(())
     }
 
     async fn connect(&self, url: &SecretString) -> Result<PgConnection, sqlx::Error> {
