@@ -8,15 +8,32 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool, SqlSafeStr};
 
 use crate::config::DatabaseSettings;
 
 /// Advisory-lock key that serialises bootstrap and migrations within one database: a `GRANT`
 /// and a `REVOKE` on the same schema at once fail with "tuple concurrently updated".
 const MIGRATION_LOCK_KEY: i64 = 0x706f_7274_616c_0001;
+
+/// A table one of the platform's mechanisms keeps in every service's schema. `{schema}` and
+/// `{app}` in the SQL stand for the schema and its app role.
+#[derive(Debug)]
+pub struct PlatformTable {
+    pub version: i64,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every platform table. Each mechanism declares its own, with versions in its own range
+/// (events 1000-1999, idempotency 2000-2999).
+fn platform_tables() -> impl Iterator<Item = &'static PlatformTable> {
+    crate::events::TABLES
+        .iter()
+        .chain(crate::idempotency::TABLES.iter())
+}
 
 /// One service's schema and its migrations.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +59,29 @@ impl Schema {
             table_name: format!("{}._sqlx_migrations", self.name).into(),
             ..Migrator::DEFAULT
         }
+    }
+
+    /// The platform's own tables in this schema (event outbox, consumer cursors, idempotency
+    /// records), versioned in `<schema>._platform_migrations` apart from the service's own.
+    pub fn platform_migrator(&self) -> Migrator {
+        let migrations = platform_tables()
+            .map(|table| {
+                let sql = table
+                    .sql
+                    .replace("{schema}", self.name)
+                    .replace("{app}", &self.app_role());
+                Migration::new(
+                    table.version,
+                    table.description.into(),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        let mut migrator = Migrator::with_migrations(migrations);
+        migrator.table_name = format!("{}._platform_migrations", self.name).into();
+        migrator
     }
 
     /// Statements a superuser runs to give this schema its roles (development, tests). In
@@ -155,19 +195,23 @@ impl DatabaseAccess {
             conn.execute(AssertSqlSafe(format!("SET ROLE {}", schema.owner_role())))
                 .await?;
         }
-        schema
-            .migrator()
-            // `run_direct` is sqlx's way around `run`'s future not being provably `Send`.
-            .run_direct(None, &mut *conn, false)
-            .await
-            .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
-        // The app role reads the migrations table to know its schema is up to date.
-        conn.execute(AssertSqlSafe(format!(
-            "GRANT SELECT ON {}._sqlx_migrations TO {}",
-            schema.name,
-            schema.app_role()
-        )))
-        .await?;
+        for (migrator, table) in [
+            (schema.platform_migrator(), "_platform_migrations"),
+            (schema.migrator(), "_sqlx_migrations"),
+        ] {
+            migrator
+                // `run_direct` is sqlx's way around `run`'s future not being provably `Send`.
+                .run_direct(None, &mut *conn, false)
+                .await
+                .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+            // The app role reads the migrations tables to know its schema is up to date.
+            conn.execute(AssertSqlSafe(format!(
+                "GRANT SELECT ON {}.{table} TO {}",
+                schema.name,
+                schema.app_role()
+            )))
+            .await?;
+        }
         Ok(())
     }
 

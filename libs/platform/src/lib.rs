@@ -8,9 +8,12 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
+pub mod idempotency;
 pub mod local_pg;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::ApiError;
 pub use server::{ServiceContext, ServiceDef};

@@ -107,6 +107,29 @@ pub fn inject(context: &Context, metadata: &mut tonic::metadata::MetadataMap) {
     TraceContextPropagator::new().inject_context(context, &mut MetadataInjector(metadata));
 }
 
+/// The current span's W3C `traceparent` and `tracestate` (empty when there is no trace), for
+/// work that continues later, such as an event written to an outbox.
+pub fn current_trace_context() -> (String, String) {
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    (
+        carrier.remove("traceparent").unwrap_or_default(),
+        carrier.remove("tracestate").unwrap_or_default(),
+    )
+}
+
+/// Makes `span` a child of the trace a stored `traceparent`/`tracestate` names, so work done
+/// later from an event joins the trace of the call that caused it.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str, tracestate: &str) {
+    let carrier = std::collections::HashMap::from([
+        ("traceparent".to_owned(), traceparent.to_owned()),
+        ("tracestate".to_owned(), tracestate.to_owned()),
+    ]);
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    // Without a usable parent the span simply starts a new trace.
+    let _ = span.set_parent(parent);
+}
+
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {

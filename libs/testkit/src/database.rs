@@ -95,7 +95,11 @@ fn template_name(schemas: &[Schema]) -> String {
         for statement in schema.bootstrap_statements() {
             hash.update(statement.as_bytes());
         }
-        for migration in schema.migrations.iter() {
+        for migration in schema
+            .platform_migrator()
+            .iter()
+            .chain(schema.migrations.iter())
+        {
             hash.update(migration.version.to_be_bytes());
             hash.update(&migration.checksum);
         }

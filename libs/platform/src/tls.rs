@@ -1,0 +1,1 @@
+//! TLS and mutual TLS for servers and clients (issue 3).
