@@ -42,9 +42,12 @@ async fn raw_call<M: prost::Message + Default + 'static>(
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let codec = tonic_prost::ProstCodec::<M, ()>::default();
     let path = http::uri::PathAndQuery::try_from(path.to_owned()).unwrap();
-    grpc.unary(tonic::Request::new(request), path, codec)
-        .await
-        .map(|_| ())
+    let mut request = tonic::Request::new(request);
+    let bearer = format!("Bearer {}", portal_testkit::keys::operator_token());
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    grpc.unary(request, path, codec).await.map(|_| ())
 }
 
 async fn services_listed_by_v1(channel: Channel) -> Vec<String> {

@@ -1,20 +1,79 @@
-//! Outgoing gRPC calls: every call a service makes to another goes through [`connect`], so
-//! each one carries the W3C trace context of the work that caused it (and, from issue 3, the
-//! caller's credentials).
+//! Outgoing gRPC calls: every call a service makes to another goes through an [`Outgoing`]
+//! channel, so each one carries the W3C trace context of the work that caused it and a
+//! credential: the service's own SERVICE token, or the token of the caller being served.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::Kind;
+use crate::auth::keys::{TokenSigner, now};
+use crate::auth::layer::current_caller;
 use crate::telemetry;
 
-/// A channel whose calls carry the current trace context.
+/// A channel whose calls carry trace context and credentials.
 pub type OutgoingChannel = InterceptedService<Channel, OutgoingContext>;
 
+/// On whose behalf calls on a channel are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBehalfOf {
+    /// The service itself (relays, sweepers, checks the call graph makes as a service).
+    Service,
+    /// The caller whose request is being served, forwarding their token; the service's own
+    /// token when no request is being served.
+    Caller,
+}
+
+/// The service's own SERVICE token, minted when first needed and renewed before it expires.
+#[derive(Debug)]
+pub struct ServiceToken {
+    signer: Arc<TokenSigner>,
+    subject: String,
+    ttl_secs: i64,
+    current: Mutex<Option<(String, i64)>>,
+}
+
+impl ServiceToken {
+    /// Tokens with subject `services/<service>`.
+    pub fn new(signer: Arc<TokenSigner>, service: &str, ttl_secs: i64) -> Self {
+        Self {
+            signer,
+            subject: format!("services/{service}"),
+            ttl_secs,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// A token valid for at least another third of its lifetime.
+    pub fn token(&self) -> String {
+        let now = now();
+        let Ok(mut current) = self.current.lock() else {
+            return self.mint().0;
+        };
+        match &*current {
+            Some((token, exp)) if exp - now > self.ttl_secs / 3 => token.clone(),
+            _ => {
+                let (token, exp) = self.mint();
+                *current = Some((token.clone(), exp));
+                token
+            }
+        }
+    }
+
+    fn mint(&self) -> (String, i64) {
+        self.signer
+            .mint(Kind::Service, &self.subject, None, &[], self.ttl_secs)
+    }
+}
+
 /// Adds what every outgoing call must carry.
-#[derive(Debug, Clone, Default)]
-pub struct OutgoingContext;
+#[derive(Debug, Clone)]
+pub struct OutgoingContext {
+    on_behalf_of: OnBehalfOf,
+    service_token: Option<Arc<ServiceToken>>,
+}
 
 impl tonic::service::Interceptor for OutgoingContext {
     fn call(
@@ -22,16 +81,126 @@ impl tonic::service::Interceptor for OutgoingContext {
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
         telemetry::inject_current(request.metadata_mut());
+        let token = match self.on_behalf_of {
+            OnBehalfOf::Caller => current_caller().map(|caller| caller.token().to_owned()),
+            OnBehalfOf::Service => None,
+        }
+        .or_else(|| self.service_token.as_ref().map(|t| t.token()));
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| tonic::Status::internal("token is not a valid header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
         Ok(request)
     }
 }
 
-/// A lazily connecting channel to `uri` (`http://host:port`); a dead peer surfaces as
-/// `UNAVAILABLE` on the call, not as a start-up failure.
-pub fn connect(uri: &str, timeout: Duration) -> Result<OutgoingChannel, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(uri.to_owned())?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect_lazy();
-    Ok(InterceptedService::new(channel, OutgoingContext))
+/// How this process makes outgoing calls: built once, shared by every client it creates.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    service_token: Option<Arc<ServiceToken>>,
+    timeout: Duration,
+}
+
+impl Outgoing {
+    pub fn new(service_token: Option<Arc<ServiceToken>>, timeout: Duration) -> Self {
+        Self {
+            service_token,
+            timeout,
+        }
+    }
+
+    /// A lazily connecting channel to `uri` (`http://host:port`); a dead peer surfaces as
+    /// `UNAVAILABLE` on the call, not as a start-up failure.
+    pub fn channel(
+        &self,
+        uri: &str,
+        on_behalf_of: OnBehalfOf,
+    ) -> Result<OutgoingChannel, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(uri.to_owned())?
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout)
+            .connect_lazy();
+        Ok(InterceptedService::new(
+            channel,
+            OutgoingContext {
+                on_behalf_of,
+                service_token: self.service_token.clone(),
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::{Authenticator, KeySet, generate_key, parse_private_key};
+    use crate::auth::layer::serve_as;
+    use crate::auth::token::Expectations;
+    use tonic::service::Interceptor;
+
+    fn authorization(context: &mut OutgoingContext) -> Option<String> {
+        let request = context.call(tonic::Request::new(())).unwrap();
+        request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn calls_carry_the_service_token_or_forward_the_callers() {
+        let (private, _) = generate_key();
+        let signer = Arc::new(TokenSigner::new(
+            "k1",
+            parse_private_key(&private).unwrap(),
+            "portal/jp".to_owned(),
+        ));
+        let service_token = Arc::new(ServiceToken::new(Arc::clone(&signer), "approval", 300));
+        let mut keys = KeySet::default();
+        keys.insert("k1", signer.verifying_key(), &[Kind::User, Kind::Service]);
+        let auth = Authenticator::new(
+            keys,
+            Expectations {
+                audience: "portal/jp".to_owned(),
+                max_lifetime_secs: 3600,
+                clock_skew_secs: 60,
+            },
+        );
+        let (user_token, _) =
+            signer.mint(Kind::User, "tenants/t/users/u", Some("tenants/t"), &[], 300);
+        let user = auth
+            .authenticate(Some(&format!("Bearer {user_token}")))
+            .unwrap();
+
+        let mut as_service = OutgoingContext {
+            on_behalf_of: OnBehalfOf::Service,
+            service_token: Some(Arc::clone(&service_token)),
+        };
+        let mut as_caller = OutgoingContext {
+            on_behalf_of: OnBehalfOf::Caller,
+            service_token: Some(service_token),
+        };
+
+        let own = authorization(&mut as_service).unwrap();
+        let own_caller = auth.authenticate(Some(&own)).unwrap();
+        assert_eq!(own_caller.kind, Kind::Service);
+        assert_eq!(own_caller.subject, "services/approval");
+
+        let (forwarded, serviced) = serve_as(user, async {
+            (
+                authorization(&mut as_caller),
+                authorization(&mut as_service),
+            )
+        })
+        .await;
+        assert_eq!(forwarded.unwrap(), format!("Bearer {user_token}"));
+        assert_eq!(
+            serviced.unwrap(),
+            own,
+            "a Service channel never forwards the user's token"
+        );
+        // With no request being served, a Caller channel falls back to the service's token.
+        assert_eq!(authorization(&mut as_caller).unwrap(), own);
+    }
 }

@@ -22,6 +22,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub database: DatabaseSettings,
     pub server: ServerSettings,
+    pub auth: AuthSettings,
     pub identity: ServiceSettings,
     pub consent: ServiceSettings,
     pub approval: ServiceSettings,
@@ -81,6 +82,39 @@ pub struct ServerSettings {
     pub max_message_bytes: usize,
     pub max_concurrent_requests_per_connection: usize,
     pub shutdown_grace_ms: u64,
+}
+
+/// Tokens: the keys this process trusts and the one it signs with (`docs/auth.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Lifetime of the SERVICE tokens this process mints for its own calls.
+    pub service_token_ttl_secs: u64,
+    /// Longest token lifetime (`exp - iat`) accepted from anyone.
+    pub max_token_lifetime_secs: u64,
+    /// This process's signing key (secret).
+    pub signing_key: Option<SigningKeySettings>,
+    /// Public keys whose tokens are accepted, each for the kinds of token it may sign.
+    #[serde(default)]
+    pub trusted_keys: Vec<TrustedKeySettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeySettings {
+    pub key_id: String,
+    /// Base64 of the 32-byte Ed25519 private key.
+    pub private_key: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeySettings {
+    pub key_id: String,
+    /// Base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
+    /// Kinds of token this key may sign: USER, SERVICE, OPERATOR, AUDITOR.
+    pub kinds: Vec<crate::auth::Kind>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +260,22 @@ impl Settings {
             100_000,
         )?;
         in_range("server.shutdown_grace_ms", s.shutdown_grace_ms, 0, 600_000)?;
+        let a = &self.auth;
+        in_range(
+            "auth.service_token_ttl_secs",
+            a.service_token_ttl_secs,
+            30,
+            3600,
+        )?;
+        in_range(
+            "auth.max_token_lifetime_secs",
+            a.max_token_lifetime_secs,
+            60,
+            7 * 24 * 3600,
+        )?;
+        // Parsing the keys is the check: each error names the key that is wrong.
+        crate::auth::keys::KeySet::from_settings(self)?;
+        crate::auth::keys::TokenSigner::from_settings(self)?;
         Ok(())
     }
 
@@ -284,7 +334,11 @@ fn check_postgres_url(key: &str, url: &SecretString) -> Result<(), ConfigError> 
 /// of secret keys must not reach the output, so those messages are reduced to the key.
 fn describe_load_error(error: config::ConfigError) -> ConfigError {
     let text = error.to_string();
-    for secret_key in ["database.url", "database.migration_url"] {
+    for secret_key in [
+        "database.url",
+        "database.migration_url",
+        "auth.signing_key.private_key",
+    ] {
         if text.contains(secret_key) {
             return ConfigError::invalid(secret_key, "has an invalid value (not shown)");
         }

@@ -11,7 +11,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// A failure as the caller will see it. Each service maps its own error enum into this type
 /// in one place; handlers return it (or that enum) and never build a `Status` by hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub struct ApiError(Box<Failure>);
+
+/// Boxed so that `Result<_, ApiError>` stays small on the happy path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
     code: Code,
     reason: &'static str,
     message: String,
@@ -22,14 +26,14 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Failure {
             code,
             reason,
             message: message.into(),
             domain: "portal",
             violations: Vec::new(),
             metadata: HashMap::new(),
-        }
+        }))
     }
 
     /// Malformed input. Add the offending fields with [`ApiError::violation`].
@@ -76,34 +80,34 @@ impl ApiError {
 
     /// Names the field and what is wrong with it, as a `BadRequest` field violation.
     pub fn violation(mut self, field: impl Into<String>, description: impl Into<String>) -> Self {
-        self.violations.push((field.into(), description.into()));
+        self.0.violations.push((field.into(), description.into()));
         self
     }
 
     /// Adds `ErrorInfo` metadata (ids and states only: never personal information).
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.into(), value.into());
+        self.0.metadata.insert(key.into(), value.into());
         self
     }
 
     /// Sets the `ErrorInfo.domain`: the service the reason belongs to (`portal.<service>`).
     pub fn in_domain(mut self, domain: &'static str) -> Self {
-        self.domain = domain;
+        self.0.domain = domain;
         self
     }
 
     pub fn code(&self) -> Code {
-        self.code
+        self.0.code
     }
 
     pub fn reason(&self) -> &'static str {
-        self.reason
+        self.0.reason
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?} {}: {}", self.code, self.reason, self.message)
+        write!(f, "{:?} {}: {}", self.0.code, self.0.reason, self.0.message)
     }
 }
 
@@ -111,6 +115,7 @@ impl std::error::Error for ApiError {}
 
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
+        let error = *error.0;
         let mut details = ErrorDetails::new();
         details.set_error_info(error.reason, error.domain, error.metadata);
         for (field, description) in error.violations {

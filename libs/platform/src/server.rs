@@ -3,8 +3,8 @@
 //! message sizes and concurrency, a readiness gate, and a graceful drain on shutdown.
 //!
 //! Requests pass, outermost first: the trace span (with the caller's W3C context), the
-//! deadline, then the readiness gate. Authentication (issue 3) joins as a layer beside the
-//! gate, and so applies to the service's methods but not to health or reflection.
+//! deadline, authentication (`auth::layer`), then the readiness gate; the last two let health
+//! and reflection through untouched.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +23,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::keys::{Authenticator, TokenSigner};
+use crate::auth::layer::AuthLayer;
+use crate::client::{Outgoing, ServiceToken};
 use crate::config::Settings;
 use crate::db::{DatabaseAccess, Schema};
 use crate::error::{ApiError, DATABASE_UNAVAILABLE};
@@ -50,6 +53,10 @@ pub struct ServiceContext {
     /// Connections as the service's app role.
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    /// This process's signing key, when configured.
+    pub signer: Option<Arc<TokenSigner>>,
+    /// How to call other services.
+    pub outgoing: Outgoing,
 }
 
 impl ServiceContext {
@@ -85,6 +92,14 @@ pub async fn serve(
         .app_pool()
         .context("database.url is not a usable PostgreSQL URL")?;
 
+    let authenticator = Arc::new(Authenticator::from_settings(&settings)?);
+    let signer = TokenSigner::from_settings(&settings)?.map(Arc::new);
+    let service_token = signer.as_ref().map(|signer| {
+        let ttl = i64::try_from(settings.auth.service_token_ttl_secs).unwrap_or(300);
+        Arc::new(ServiceToken::new(Arc::clone(signer), def.name, ttl))
+    });
+    let outgoing = Outgoing::new(service_token, settings.server.request_timeout());
+
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let ready = Arc::new(AtomicBool::new(false));
     set_health(&reporter, def, false).await;
@@ -108,6 +123,8 @@ pub async fn serve(
     let context = ServiceContext {
         pool: pool.clone(),
         settings: Arc::clone(&settings),
+        signer,
+        outgoing,
     };
     let routes = (def.routes)(context)
         .add_service(health_service)
@@ -135,6 +152,9 @@ pub async fn serve(
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .max_concurrent_streams(max_streams)
         .trace_fn(telemetry::server_span)
+        // Who is calling is settled first: without credentials the answer is UNAUTHENTICATED
+        // whatever the state of the database.
+        .layer(AuthLayer::new(authenticator, def.error_domain))
         .layer(ReadinessGateLayer {
             ready: Arc::clone(&ready),
             domain: def.error_domain,
@@ -230,8 +250,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Health and reflection answer whatever the database's state; a load balancer asks health.
-fn is_infrastructure(path: &str) -> bool {
+/// Health and reflection answer whatever the database's state and without credentials: a
+/// load balancer asks health, grpcurl asks reflection.
+pub(crate) fn is_infrastructure(path: &str) -> bool {
     path.starts_with(&format!(
         "/{}/",
         tonic_health::pb::health_server::HealthServer::<tonic_health::server::HealthService>::NAME

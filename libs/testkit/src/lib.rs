@@ -5,6 +5,7 @@
 //! tests but the server and the template, so tests (and whole test runs) can run in parallel.
 
 mod database;
+pub mod keys;
 pub mod postgres;
 mod proxy;
 mod service;

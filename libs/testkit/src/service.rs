@@ -53,7 +53,11 @@ impl TestService {
             .or_insert_with(|| "200".to_owned());
         env.entry("PORTAL_DATABASE__ACQUIRE_TIMEOUT_MS".to_owned())
             .or_insert_with(|| "1000".to_owned());
-        let settings = Arc::new(Settings::load_from(None, env)?);
+        env.entry("PORTAL_DEPLOYMENT__REGION".to_owned())
+            .or_insert_with(|| crate::keys::TEST_REGION.to_owned());
+        let mut settings = Settings::load_from(None, env)?;
+        crate::keys::configure(&mut settings);
+        let settings = Arc::new(settings);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();

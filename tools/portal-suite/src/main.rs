@@ -1,7 +1,10 @@
 //! `portal-suite`: the whole suite in one process for development. Runs the four services on
 //! their configured ports against the configured PostgreSQL, or, when none is configured or
 //! reachable, against a private PostgreSQL it starts from the local binaries in a data folder
-//! it keeps between runs. Stops cleanly on Ctrl-C or SIGTERM.
+//! it keeps between runs. Stops cleanly on Ctrl-C or SIGTERM. With no keys configured it
+//! makes development keys and writes an OPERATOR token; `portal-suite mint-token` mints more.
+
+mod dev_keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use portal_platform::ServiceDef;
+use portal_platform::auth::Kind;
 use portal_platform::config::Settings;
 use portal_platform::db::{ensure_database, with_database};
 use portal_platform::local_pg::LocalCluster;
@@ -34,11 +38,43 @@ const SUITE_DATABASE: &str = "portal";
 #[command(about = "Run the portal privacy suite (all four services) in one process")]
 struct Args {
     /// A TOML file layered over the compiled-in defaults (the environment still wins).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
-    /// Where the private PostgreSQL keeps its data when no server is configured or reachable.
-    #[arg(long, value_name = "DIR", default_value = ".portal-suite/postgres")]
+    /// The suite's folder: the private PostgreSQL (`postgres/`), the development key and the
+    /// OPERATOR token.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".portal-suite",
+        global = true
+    )]
     data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the suite (the default).
+    Run,
+    /// Print a token from the development key, e.g. for grpcurl's `-H "authorization: Bearer ..."`.
+    MintToken {
+        /// USER, SERVICE, OPERATOR or AUDITOR.
+        #[arg(long)]
+        kind: Kind,
+        /// `tenants/{t}/users/{u}`, `services/<name>`, or a staff id such as `operators/me`.
+        #[arg(long)]
+        subject: String,
+        /// The subject's tenant, `tenants/{t}` (users).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A role (TENANT_ADMIN, MEMBER); repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 900)]
+        ttl_secs: i64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,7 +93,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, settings)) {
+    let outcome = match args.command {
+        Some(Command::MintToken {
+            kind,
+            subject,
+            tenant,
+            roles,
+            ttl_secs,
+        }) => dev_keys::mint(
+            &settings,
+            &args.data_dir,
+            kind,
+            &subject,
+            tenant.as_deref(),
+            &roles,
+            ttl_secs,
+        )
+        .map(|token| println!("{token}")),
+        Some(Command::Run) | None => runtime.block_on(run(args.data_dir, settings)),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portal-suite: {e:#}");
@@ -66,9 +121,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args, mut settings: Settings) -> anyhow::Result<()> {
+async fn run(data_dir: PathBuf, mut settings: Settings) -> anyhow::Result<()> {
     let _telemetry = telemetry::init("portal-suite", &settings.telemetry)?;
-    let (url, cluster) = choose_database(&settings, &args.data_dir).await?;
+    if dev_keys::wanted(&settings) {
+        dev_keys::install(&mut settings, &data_dir)?;
+        let token = dev_keys::write_operator_token(&settings, &data_dir)?;
+        println!(
+            "development keys in {}; OPERATOR token (12 h) in {}",
+            data_dir.display(),
+            token.display()
+        );
+    }
+    let (url, cluster) = choose_database(&settings, &data_dir.join("postgres")).await?;
     settings.database.url = Some(url);
     if cluster.is_some() {
         settings.database.assume_roles = true;

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use portal_proto::identity::v1::GetTenantRequest;
+use portal_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use portal_testkit::TestDb;
 use secrecy::ExposeSecret;
 use tonic_health::pb::HealthCheckRequest;
@@ -109,17 +111,67 @@ fn rest_of_output(child: &mut Child, lines: mpsc::Receiver<String>) -> String {
     format!("{}\n{stderr}", stdout.join("\n"))
 }
 
+async fn get_tenant(addr: &str, token: Option<&str>) -> tonic::Status {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = IdentityServiceClient::new(channel);
+    let mut request = tonic::Request::new(GetTenantRequest {
+        name: "tenants/0190f7a0-0000-7000-8000-000000000000".to_owned(),
+    });
+    if let Some(token) = token {
+        let value = format!("Bearer {}", token.trim()).parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+    }
+    client.get_tenant(request).await.unwrap_err()
+}
+
 #[tokio::test]
 async fn the_suite_serves_all_four_services_and_stops_cleanly_on_sigterm() {
     let db = TestDb::new(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
     // Trust authentication ignores the password, so it can stand in for a real secret.
     let url = db
         .url()
         .expose_secret()
         .replace("postgres@", "postgres:hunter2-not-for-logs@");
-    let mut child = suite().env("DATABASE_URL", &url).spawn().unwrap();
+    let mut child = suite()
+        .env("DATABASE_URL", &url)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
     let (listening, lines) = wait_until_up(&mut child);
     assert_all_serving(&listening).await;
+
+    // Development keys: a call without a token is refused; the written OPERATOR token and a
+    // token from `mint-token` are accepted.
+    let identity = &listening[0].1;
+    let refused = get_tenant(identity, None).await;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let operator = std::fs::read_to_string(dir.path().join("operator.token")).unwrap();
+    let accepted = get_tenant(identity, Some(&operator)).await;
+    assert_ne!(
+        accepted.code(),
+        tonic::Code::Unauthenticated,
+        "{accepted:?}"
+    );
+    let minted = Command::new(env!("CARGO_BIN_EXE_portal-suite"))
+        .args(["--data-dir", &dir.path().to_string_lossy(), "mint-token"])
+        .args(["--kind", "USER", "--subject", "tenants/a/users/b"])
+        .args(["--tenant", "tenants/a", "--role", "MEMBER"])
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let user_token = String::from_utf8(minted.stdout).unwrap();
+    let accepted = get_tenant(identity, Some(&user_token)).await;
+    assert_ne!(
+        accepted.code(),
+        tonic::Code::Unauthenticated,
+        "{accepted:?}"
+    );
 
     terminate(&child);
     let status = child.wait().unwrap();
@@ -141,12 +193,13 @@ async fn without_a_configured_database_the_suite_runs_its_own_postgres() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let data_dir = dir.path().join("pgdata");
+    let data_dir = dir.path().join("suite");
     let mut child = suite().arg("--data-dir").arg(&data_dir).spawn().unwrap();
     let (listening, lines) = wait_until_up(&mut child);
     assert_all_serving(&listening).await;
+    let pg_data = data_dir.join("postgres");
     assert!(
-        data_dir.join("PG_VERSION").exists(),
+        pg_data.join("PG_VERSION").exists(),
         "the data folder is kept"
     );
 
@@ -155,7 +208,7 @@ async fn without_a_configured_database_the_suite_runs_its_own_postgres() {
     let output = rest_of_output(&mut child, lines);
     assert!(status.success(), "exit {status}: {output}");
     assert!(
-        !data_dir.join("postmaster.pid").exists(),
+        !pg_data.join("postmaster.pid").exists(),
         "PostgreSQL was stopped: {output}"
     );
 }

@@ -1,0 +1,112 @@
+//! Development keys: when no keys are configured, the suite makes one Ed25519 key in its data
+//! folder (kept between runs), trusts it for every kind of token and signs with it, and
+//! `portal-suite mint-token` mints tokens from the same key for grpcurl debugging. Production
+//! configures real keys (`docs/auth.md`), and then none of this applies.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use portal_platform::auth::Kind;
+use portal_platform::auth::keys::{TokenSigner, audience, generate_key, parse_private_key};
+use portal_platform::config::{Settings, SigningKeySettings, TrustedKeySettings};
+use secrecy::SecretString;
+
+const KEY_ID: &str = "portal-suite-dev";
+const KEY_FILE: &str = "dev-signing-key";
+const OPERATOR_TOKEN_FILE: &str = "operator.token";
+/// The development OPERATOR token lasts a working day.
+const OPERATOR_TOKEN_TTL_SECS: i64 = 12 * 3600;
+
+/// Whether the configuration names no keys at all, so development keys are wanted.
+pub fn wanted(settings: &Settings) -> bool {
+    settings.auth.signing_key.is_none() && settings.auth.trusted_keys.is_empty()
+}
+
+/// Loads (or makes) the development key and configures `settings` to trust and sign with it.
+pub fn install(settings: &mut Settings, data_dir: &Path) -> anyhow::Result<()> {
+    let private_key = load_or_create(data_dir)?;
+    let signer = signer(settings, &private_key)?;
+    let public_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(signer.verifying_key().to_bytes())
+    };
+    settings.auth.signing_key = Some(SigningKeySettings {
+        key_id: KEY_ID.to_owned(),
+        private_key: SecretString::from(private_key),
+    });
+    settings.auth.trusted_keys = vec![TrustedKeySettings {
+        key_id: KEY_ID.to_owned(),
+        public_key,
+        kinds: vec![Kind::User, Kind::Service, Kind::Operator, Kind::Auditor],
+    }];
+    Ok(())
+}
+
+/// Writes a fresh OPERATOR token next to the key and returns the file's path.
+pub fn write_operator_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let private_key = load_or_create(data_dir)?;
+    let (token, _) = signer(settings, &private_key)?.mint(
+        Kind::Operator,
+        "operators/portal-suite",
+        None,
+        &[],
+        OPERATOR_TOKEN_TTL_SECS,
+    );
+    let path = data_dir.join(OPERATOR_TOKEN_FILE);
+    write_private(&path, &token)?;
+    Ok(path)
+}
+
+/// Mints a token from the development key (for `portal-suite mint-token`).
+pub fn mint(
+    settings: &Settings,
+    data_dir: &Path,
+    kind: Kind,
+    subject: &str,
+    tenant: Option<&str>,
+    roles: &[String],
+    ttl_secs: i64,
+) -> anyhow::Result<String> {
+    let path = data_dir.join(KEY_FILE);
+    let private_key = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no development key at {} (start `portal-suite` once first)",
+            path.display()
+        )
+    })?;
+    Ok(signer(settings, private_key.trim())?
+        .mint(kind, subject, tenant, roles, ttl_secs)
+        .0)
+}
+
+fn signer(settings: &Settings, private_key: &str) -> anyhow::Result<TokenSigner> {
+    let key = parse_private_key(private_key).context("the development key file is damaged")?;
+    Ok(TokenSigner::new(KEY_ID, key, audience(settings)))
+}
+
+fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(KEY_FILE);
+    if let Ok(existing) = fs::read_to_string(&path) {
+        return Ok(existing.trim().to_owned());
+    }
+    fs::create_dir_all(data_dir)?;
+    let (private_key, _) = generate_key();
+    write_private(&path, &private_key)?;
+    Ok(private_key)
+}
+
+/// Secrets are written readable by their owner only.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{contents}")?;
+    Ok(())
+}
