@@ -1,6 +1,146 @@
-//! Idempotent requests by `request_id` (issue 3).
+//! Idempotent requests (AIP-155): the first answer to a `request_id` is stored in the same
+//! transaction as the change it made, so a retry gets that answer back and the change happens
+//! once. The same id with a different request is `INVALID_ARGUMENT`, `REQUEST_ID_REUSED`.
+//! Ids are scoped to the caller and the method: one caller cannot replay another's answer.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use crate::db::PlatformTable;
+use crate::error::ApiError;
 
 /// The request-record table.
-pub(crate) const TABLES: &[PlatformTable] = &[];
+pub(crate) const TABLES: &[PlatformTable] = &[PlatformTable {
+    version: 2000,
+    description: "idempotency records",
+    sql: "CREATE TABLE {schema}.idempotency (
+              caller       text        NOT NULL,
+              method       text        NOT NULL,
+              request_id   uuid        NOT NULL,
+              request_hash bytea       NOT NULL,
+              response     bytea,
+              create_time  timestamptz NOT NULL DEFAULT now(),
+              PRIMARY KEY (caller, method, request_id)
+          );
+          CREATE INDEX idempotency_create_time ON {schema}.idempotency (create_time);
+          GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.idempotency TO {app};",
+}];
+
+/// Who asks, which method, and the id they chose.
+#[derive(Debug, Clone)]
+pub struct RequestKey<'a> {
+    /// The caller's subject (`auth::Caller::subject`).
+    pub caller: &'a str,
+    /// The full gRPC method, e.g. `portal.consent.v1.ConsentService/RecordConsent`.
+    pub method: &'a str,
+    /// The request's `request_id` as sent; empty means the caller wants no idempotency.
+    pub request_id: &'a str,
+}
+
+/// Work that runs inside the request's transaction.
+pub type Work<'c, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'c>>;
+
+/// Runs `work` at most once per request id: in one transaction it claims the id, does the
+/// work and stores the answer; a retry of the same request returns the stored answer without
+/// running `work` again.
+pub async fn once<Req, Resp, F>(
+    pool: &PgPool,
+    schema: &str,
+    key: RequestKey<'_>,
+    request: &Req,
+    work: F,
+) -> Result<Resp, ApiError>
+where
+    Req: Message,
+    Resp: Message + Default,
+    F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, Resp>,
+{
+    let mut tx = pool.begin().await?;
+    let request_id = parse_request_id(key.request_id)?;
+    if let Some(request_id) = request_id {
+        let hash = Sha256::digest(request.encode_to_vec()).to_vec();
+        if let Some(answer) = claim(&mut tx, schema, &key, request_id, &hash).await? {
+            return Resp::decode(answer.as_slice())
+                .map_err(|e| ApiError::internal(format_args!("stored answer: {e}")));
+        }
+        let response = work(&mut tx).await?;
+        let store = format!(
+            "UPDATE {schema}.idempotency SET response = $4 \
+             WHERE caller = $1 AND method = $2 AND request_id = $3"
+        );
+        sqlx::query(AssertSqlSafe(store))
+            .bind(key.caller)
+            .bind(key.method)
+            .bind(request_id)
+            .bind(response.encode_to_vec())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(response)
+    } else {
+        let response = work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(response)
+    }
+}
+
+fn parse_request_id(text: &str) -> Result<Option<uuid::Uuid>, ApiError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    uuid::Uuid::parse_str(text).map(Some).map_err(|_| {
+        ApiError::invalid_argument("INVALID_REQUEST", "request_id must be a UUID")
+            .violation("request_id", "must be a UUID")
+    })
+}
+
+/// Claims the id for this transaction, or returns the answer already stored for it. A
+/// concurrent first attempt holds the row until it commits or rolls back, so the claim waits
+/// for it and then either replays its answer or takes over.
+async fn claim(
+    tx: &mut PgConnection,
+    schema: &str,
+    key: &RequestKey<'_>,
+    request_id: uuid::Uuid,
+    hash: &[u8],
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let insert = format!(
+        "INSERT INTO {schema}.idempotency (caller, method, request_id, request_hash) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+    );
+    let inserted = sqlx::query(AssertSqlSafe(insert))
+        .bind(key.caller)
+        .bind(key.method)
+        .bind(request_id)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let select = format!(
+        "SELECT request_hash, response FROM {schema}.idempotency \
+         WHERE caller = $1 AND method = $2 AND request_id = $3"
+    );
+    let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(AssertSqlSafe(select))
+        .bind(key.caller)
+        .bind(key.method)
+        .bind(request_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if stored_hash != hash {
+        return Err(ApiError::invalid_argument(
+            "REQUEST_ID_REUSED",
+            "this request_id was used for a different request",
+        )
+        .violation("request_id", "already used for a different request"));
+    }
+    response
+        .map(Some)
+        .ok_or_else(|| ApiError::internal("an idempotency record committed without its answer"))
+}
