@@ -112,14 +112,8 @@ pub async fn serve(
         Duration::from_millis(settings.database.health_interval_ms),
     ));
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(def.descriptor_set)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(def.descriptor_set)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection(def).build_v1()?;
+    let reflection_v1alpha = reflection(def).build_v1alpha()?;
     let context = ServiceContext {
         pool: pool.clone(),
         settings: Arc::clone(&settings),
@@ -182,6 +176,15 @@ pub async fn serve(
     pool.close().await;
     tracing::info!(service = def.name, "stopped");
     result
+}
+
+/// Reflection of the service's contract, health, and the `google.rpc` error details, so that
+/// grpcurl can decode the `ErrorInfo` and `BadRequest` of a failed call.
+fn reflection(def: &ServiceDef) -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(def.descriptor_set)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Keeps health and the readiness gate in step with the database: migrates when this process
