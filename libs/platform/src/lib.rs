@@ -3,6 +3,7 @@
 //! ([`server`]), outgoing calls ([`client`]), errors as gRPC statuses ([`error`]), the binary
 //! entry point ([`cli`]) and a private PostgreSQL from local binaries ([`local_pg`]).
 
+pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod client;

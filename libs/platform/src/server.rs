@@ -3,28 +3,27 @@
 //! message sizes and concurrency, a readiness gate, and a graceful drain on shutdown.
 //!
 //! Requests pass, outermost first: the trace span (with the caller's W3C context), the
-//! deadline, authentication (`auth::layer`), then the readiness gate; the last two let health
-//! and reflection through untouched.
+//! deadline, authentication (`auth::layer`), then the readiness gate; the last two are
+//! `admission` checks, which let health and reflection through untouched.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::admission::{Admission, AdmissionLayer};
+use crate::auth::Caller;
 use crate::auth::keys::{Authenticator, TokenSigner};
-use crate::auth::layer::AuthLayer;
+use crate::auth::layer::Authenticate;
 use crate::client::{Outgoing, ServiceToken};
 use crate::config::Settings;
 use crate::db::{DatabaseAccess, Schema};
@@ -148,11 +147,14 @@ pub async fn serve(
         .trace_fn(telemetry::server_span)
         // Who is calling is settled first: without credentials the answer is UNAUTHENTICATED
         // whatever the state of the database.
-        .layer(AuthLayer::new(authenticator, def.error_domain))
-        .layer(ReadinessGateLayer {
-            ready: Arc::clone(&ready),
-            domain: def.error_domain,
-        })
+        .layer(AdmissionLayer::new(
+            Authenticate(authenticator),
+            def.error_domain,
+        ))
+        .layer(AdmissionLayer::new(
+            DatabaseReady(Arc::clone(&ready)),
+            def.error_domain,
+        ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
     tokio::pin!(server);
@@ -253,90 +255,20 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Health and reflection answer whatever the database's state and without credentials: a
-/// load balancer asks health, grpcurl asks reflection.
-pub(crate) fn is_infrastructure(path: &str) -> bool {
-    path.starts_with(&format!(
-        "/{}/",
-        tonic_health::pb::health_server::HealthServer::<tonic_health::server::HealthService>::NAME
-    )) || path.starts_with("/grpc.reflection.")
-}
-
 /// Answers `UNAVAILABLE` at once while the database is lost, instead of letting each call wait
 /// for a connection until its deadline.
 #[derive(Debug, Clone)]
-struct ReadinessGateLayer {
-    ready: Arc<AtomicBool>,
-    domain: &'static str,
-}
+struct DatabaseReady(Arc<AtomicBool>);
 
-impl<S> tower::Layer<S> for ReadinessGateLayer {
-    type Service = ReadinessGate<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ReadinessGate {
-            inner,
-            ready: Arc::clone(&self.ready),
-            domain: self.domain,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct ReadinessGate<S> {
-    inner: S,
-    ready: Arc<AtomicBool>,
-    domain: &'static str,
-}
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for ReadinessGate<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if self.ready.load(Ordering::SeqCst) || is_infrastructure(request.uri().path()) {
-            // The clone that was polled ready serves this call; the fresh clone waits for the next.
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
-            Box::pin(inner.call(request))
+impl Admission for DatabaseReady {
+    fn admit(&self, _headers: &http::HeaderMap) -> Result<Option<Caller>, ApiError> {
+        if self.0.load(Ordering::SeqCst) {
+            Ok(None)
         } else {
-            let status: tonic::Status =
-                ApiError::unavailable(DATABASE_UNAVAILABLE, "the database is unavailable")
-                    .in_domain(self.domain)
-                    .into();
-            Box::pin(std::future::ready(Ok(status.into_http())))
+            Err(ApiError::unavailable(
+                DATABASE_UNAVAILABLE,
+                "the database is unavailable",
+            ))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn health_and_reflection_bypass_the_readiness_gate() {
-        assert!(is_infrastructure("/grpc.health.v1.Health/Check"));
-        assert!(is_infrastructure(
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-        ));
-        assert!(!is_infrastructure(
-            "/portal.identity.v1.IdentityService/GetTenant"
-        ));
     }
 }
