@@ -8,8 +8,6 @@
     reason = "a test fails loudly on the first surprise"
 )]
 
-use portal_platform::config::DatabaseSettings;
-use portal_platform::db::DatabaseAccess;
 use portal_platform::idempotency::{RequestKey, once};
 use portal_proto::identity::v1::{GetTenantRequest, Tenant};
 use portal_testkit::TestDb;
@@ -30,18 +28,7 @@ async fn setup(db: &TestDb) -> (PgPool, PgPool) {
     ] {
         sqlx::query(statement).execute(&admin).await.unwrap();
     }
-    let settings = DatabaseSettings {
-        url: None,
-        migration_url: None,
-        assume_roles: true,
-        max_connections: 10,
-        acquire_timeout_ms: 10_000,
-        health_interval_ms: 1000,
-    };
-    let schema = identity_service::SERVICE.schema;
-    let app = DatabaseAccess::new(schema, db.url().clone(), &settings)
-        .app_pool()
-        .unwrap();
+    let app = db.app_pool(identity_service::SERVICE.schema).unwrap();
     (app, admin)
 }
 

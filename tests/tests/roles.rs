@@ -7,8 +7,6 @@
     reason = "a test fails loudly on the first surprise"
 )]
 
-use portal_platform::config::DatabaseSettings;
-use portal_platform::db::DatabaseAccess;
 use portal_testkit::TestDb;
 use portal_tests::all_schemas;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -85,18 +83,11 @@ async fn an_app_role_cannot_change_any_schema() {
 async fn concurrent_start_ups_create_roles_and_schemas_once() {
     // A database with no schemas at all: four processes race to bootstrap and migrate it.
     let db = TestDb::new(&[]).await.unwrap();
-    let settings = DatabaseSettings {
-        url: None,
-        migration_url: None,
-        assume_roles: true,
-        max_connections: 1,
-        acquire_timeout_ms: 10_000,
-        health_interval_ms: 1000,
-    };
+    let db = std::sync::Arc::new(db);
     let mut racers = Vec::new();
     for schema in all_schemas().into_iter().chain(all_schemas()) {
-        let access = DatabaseAccess::new(schema, db.url().clone(), &settings);
-        racers.push(tokio::spawn(async move { access.migrate().await }));
+        let db = std::sync::Arc::clone(&db);
+        racers.push(tokio::spawn(async move { db.migrate(schema).await }));
     }
     for racer in racers {
         racer.await.unwrap().unwrap();

@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use portal_platform::config::DatabaseSettings;
-use portal_platform::db::DatabaseAccess;
 use portal_platform::single_writer::SingleWriter;
 use portal_testkit::{TestDb, eventually};
 use portal_tests::all_schemas;
@@ -20,21 +18,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 fn replica_pool(db: &TestDb) -> PgPool {
-    let settings = DatabaseSettings {
-        url: None,
-        migration_url: None,
-        assume_roles: true,
-        max_connections: 2,
-        acquire_timeout_ms: 5000,
-        health_interval_ms: 1000,
-    };
-    DatabaseAccess::new(
-        approval_service::SERVICE.schema,
-        db.url().clone(),
-        &settings,
-    )
-    .app_pool()
-    .unwrap()
+    db.app_pool(approval_service::SERVICE.schema).unwrap()
 }
 
 /// A replica: works (marking itself as the writer) while it holds the lock, until told to

@@ -54,6 +54,20 @@ impl TestDb {
         &self.name
     }
 
+    /// A pool that works as `schema`'s app role, exactly as the running service does.
+    pub fn app_pool(&self, schema: Schema) -> anyhow::Result<PgPool> {
+        Ok(DatabaseAccess::new(schema, self.url.clone(), &superuser_settings(10)).app_pool()?)
+    }
+
+    /// Bootstraps and migrates `schema` here, as a service's start-up does.
+    pub async fn migrate(&self, schema: Schema) -> anyhow::Result<()> {
+        Ok(
+            DatabaseAccess::new(schema, self.url.clone(), &superuser_settings(1))
+                .migrate()
+                .await?,
+        )
+    }
+
     /// A superuser connection pool, for tests that inspect tables directly.
     pub async fn admin_pool(&self) -> anyhow::Result<PgPool> {
         Ok(PgPool::connect(self.url.expose_secret()).await?)
@@ -144,16 +158,8 @@ async fn build_template(
         .execute(AssertSqlSafe(format!("CREATE DATABASE \"{building}\"")))
         .await?;
     let url = with_database(admin_url, &building)?;
-    let settings = DatabaseSettings {
-        url: None,
-        migration_url: None,
-        assume_roles: true,
-        max_connections: 1,
-        acquire_timeout_ms: 30_000,
-        health_interval_ms: 1000,
-    };
     for schema in schemas {
-        DatabaseAccess::new(*schema, url.clone(), &settings)
+        DatabaseAccess::new(*schema, url.clone(), &superuser_settings(1))
             .migrate()
             .await?;
     }
@@ -163,4 +169,16 @@ async fn build_template(
         )))
         .await?;
     Ok(())
+}
+
+/// Settings for reaching a test database through its superuser URL, assuming the roles.
+fn superuser_settings(max_connections: u32) -> DatabaseSettings {
+    DatabaseSettings {
+        url: None,
+        migration_url: None,
+        assume_roles: true,
+        max_connections,
+        acquire_timeout_ms: 30_000,
+        health_interval_ms: 1000,
+    }
 }
