@@ -95,7 +95,7 @@ async fn a_call_is_exported_over_otlp_within_the_callers_trace() {
     let _ = identity.get_tenant(request).await;
 
     // 2. A service calls another through the platform's client, inside its own span.
-    let outgoing = client::Outgoing::new(None, Duration::from_secs(5))
+    let outgoing = client::Outgoing::new(None, Duration::from_secs(5), Default::default())
         .channel(&service.uri(), client::OnBehalfOf::Service)
         .unwrap();
     let work = tracing::info_span!("work caused by an event");

@@ -12,6 +12,7 @@ use crate::auth::Kind;
 use crate::auth::keys::{TokenSigner, now};
 use crate::auth::layer::current_caller;
 use crate::telemetry;
+use crate::tls::TlsSettings;
 
 /// A channel whose calls carry trace context and credentials.
 pub type OutgoingChannel = InterceptedService<Channel, OutgoingContext>;
@@ -101,27 +102,49 @@ impl tonic::service::Interceptor for OutgoingContext {
 pub struct Outgoing {
     service_token: Option<Arc<ServiceToken>>,
     timeout: Duration,
+    tls: TlsSettings,
 }
 
 impl Outgoing {
-    pub fn new(service_token: Option<Arc<ServiceToken>>, timeout: Duration) -> Self {
+    pub fn new(
+        service_token: Option<Arc<ServiceToken>>,
+        timeout: Duration,
+        tls: TlsSettings,
+    ) -> Self {
         Self {
             service_token,
             timeout,
+            tls,
         }
     }
 
-    /// A lazily connecting channel to `uri` (`http://host:port`); a dead peer surfaces as
-    /// `UNAVAILABLE` on the call, not as a start-up failure.
-    pub fn channel(
-        &self,
-        uri: &str,
-        on_behalf_of: OnBehalfOf,
-    ) -> Result<OutgoingChannel, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(uri.to_owned())?
+    /// `scheme://host:port` for a peer, `https` when this process calls over TLS.
+    pub fn uri(&self, host: &str, port: u16) -> String {
+        format!("{}://{host}:{port}", crate::tls::scheme(&self.tls))
+    }
+
+    /// A lazily connecting channel to `uri` (see [`Outgoing::uri`]); a dead peer surfaces as
+    /// `UNAVAILABLE` on the call, not as a start-up failure. With `tls.ca_file` set the peer's
+    /// certificate must match the URI's host, and `tls.cert_file` is presented for mutual TLS.
+    pub fn channel(&self, uri: &str, on_behalf_of: OnBehalfOf) -> anyhow::Result<OutgoingChannel> {
+        let mut endpoint = Endpoint::from_shared(uri.to_owned())?
             .connect_timeout(self.timeout)
-            .timeout(self.timeout)
-            .connect_lazy();
+            .timeout(self.timeout);
+        let host = endpoint
+            .uri()
+            .host()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_owned();
+        if let Some(tls) = crate::tls::client_config(&self.tls, &host)? {
+            // tonic would silently ignore TLS on an http:// URI.
+            anyhow::ensure!(
+                endpoint.uri().scheme_str() == Some("https"),
+                "tls.ca_file is set, so `{uri}` must be an https:// URI"
+            );
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint.connect_lazy();
         Ok(InterceptedService::new(
             channel,
             OutgoingContext {

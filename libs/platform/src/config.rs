@@ -23,6 +23,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub server: ServerSettings,
     pub auth: AuthSettings,
+    /// TLS and mutual TLS (`docs/tls.md`); absent: plaintext.
+    #[serde(default)]
+    pub tls: crate::tls::TlsSettings,
     pub identity: ServiceSettings,
     pub consent: ServiceSettings,
     pub approval: ServiceSettings,
@@ -276,6 +279,7 @@ impl Settings {
         // Parsing the keys is the check: each error names the key that is wrong.
         crate::auth::keys::KeySet::from_settings(self)?;
         crate::auth::keys::TokenSigner::from_settings(self)?;
+        self.tls.validate()?;
         Ok(())
     }
 

@@ -97,7 +97,11 @@ pub async fn serve(
         let ttl = i64::try_from(settings.auth.service_token_ttl_secs).unwrap_or(300);
         Arc::new(ServiceToken::new(Arc::clone(signer), def.name, ttl))
     });
-    let outgoing = Outgoing::new(service_token, settings.server.request_timeout());
+    let outgoing = Outgoing::new(
+        service_token,
+        settings.server.request_timeout(),
+        settings.tls.clone(),
+    );
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let ready = Arc::new(AtomicBool::new(false));
@@ -127,7 +131,8 @@ pub async fn serve(
     let limits = &settings.server;
     let max_streams = u32::try_from(limits.max_concurrent_requests_per_connection).ok();
     let addr = listener.local_addr()?;
-    tracing::info!(service = def.name, %addr, "listening");
+    let tls = settings.tls.cert_file.is_some();
+    tracing::info!(service = def.name, %addr, tls, "listening");
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_reporter = reporter.clone();
@@ -138,7 +143,13 @@ pub async fn serve(
         set_health(&signal_reporter, def, false).await;
         let _ = drain_tx.send(());
     };
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = crate::tls::server_config(&settings.tls)? {
+        builder = builder
+            .tls_config(tls)
+            .context("tls: the certificate and key cannot be used together")?;
+    }
+    let server = builder
         // tonic's own timeout answers DEADLINE_EXCEEDED / CANCELLED and honours the caller's
         // `grpc-timeout` (a tower TimeoutLayer would reset the stream instead).
         .timeout(limits.request_timeout())

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use portal_platform::ServiceDef;
 use portal_platform::config::Settings;
+use portal_platform::tls::TlsSettings;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -21,6 +22,7 @@ use tonic_health::pb::health_client::HealthClient;
 pub struct TestService {
     def: &'static ServiceDef,
     addr: SocketAddr,
+    tls: TlsSettings,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -57,6 +59,7 @@ impl TestService {
             .or_insert_with(|| crate::keys::TEST_REGION.to_owned());
         let mut settings = Settings::load_from(None, env)?;
         crate::keys::configure(&mut settings);
+        let tls = settings.tls.clone();
         let settings = Arc::new(settings);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -72,6 +75,7 @@ impl TestService {
         let service = Self {
             def,
             addr,
+            tls,
             stop: Some(stop),
             task: Some(task),
         };
@@ -83,14 +87,23 @@ impl TestService {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port>`
+    /// `http://127.0.0.1:<port>`, or `https://` when the service runs TLS.
     pub fn uri(&self) -> String {
-        format!("http://{}", self.addr)
+        format!(
+            "{}://{}",
+            portal_platform::tls::scheme(&self.tls),
+            self.addr
+        )
     }
 
-    /// A connected client channel.
+    /// A connected client channel; over TLS it presents the service's own certificate, as a
+    /// peer service would.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(self.uri())?.connect().await?)
+        let mut endpoint = Channel::from_shared(self.uri())?;
+        if let Some(tls) = portal_platform::tls::client_config(&self.tls, "localhost")? {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        Ok(endpoint.connect().await?)
     }
 
     /// The service's health as `grpc.health.v1` reports it for its own service name.
