@@ -56,6 +56,8 @@ pub struct ServiceContext {
     pub signer: Option<Arc<TokenSigner>>,
     /// How to call other services.
     pub outgoing: Outgoing,
+    /// Becomes true when the server starts draining: long-lived streams end then.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ServiceContext {
@@ -117,11 +119,13 @@ pub async fn serve(
 
     let reflection_v1 = reflection(def).build_v1()?;
     let reflection_v1alpha = reflection(def).build_v1alpha()?;
+    let (drain_streams, draining) = tokio::sync::watch::channel(false);
     let context = ServiceContext {
         pool: pool.clone(),
         settings: Arc::clone(&settings),
         signer,
         outgoing,
+        draining,
     };
     let routes = (def.routes)(context)
         .add_service(health_service)
@@ -141,6 +145,7 @@ pub async fn serve(
         tracing::info!(service = def.name, "draining");
         // Load balancers stop sending new calls while the in-flight ones finish.
         set_health(&signal_reporter, def, false).await;
+        drain_streams.send_replace(true);
         let _ = drain_tx.send(());
     };
     let mut builder = Server::builder();

@@ -65,6 +65,18 @@ impl Caller {
         self.roles.iter().any(|r| r == role)
     }
 
+    /// `PERMISSION_DENIED` (`CALLER_NOT_ALLOWED`) unless the caller is of one of `kinds`.
+    pub fn require_kind(&self, kinds: &[Kind]) -> Result<(), ApiError> {
+        if kinds.contains(&self.kind) {
+            Ok(())
+        } else {
+            Err(ApiError::permission_denied(
+                "CALLER_NOT_ALLOWED",
+                "this caller may not call this method",
+            ))
+        }
+    }
+
     /// The token, to forward on calls made on this caller's behalf.
     pub fn token(&self) -> &str {
         &self.token
