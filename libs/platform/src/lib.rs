@@ -17,6 +17,7 @@ pub mod paging;
 pub mod server;
 pub mod single_writer;
 pub mod telemetry;
+pub mod time;
 pub mod tls;
 
 pub use error::ApiError;

@@ -1,9 +1,10 @@
 //! The consent service: Versioned terms and privacy policy, the append-only consent ledger, consent decisions and signed receipts (Articles 5-7).
 //!
-//! `api` holds the gRPC handlers; the domain rules and the SQL arrive with the issues that
-//! implement the methods.
+//! `api` holds the gRPC handlers, `domain` the rules (no I/O), `store` the SQL.
 
 mod api;
+mod domain;
+mod store;
 
 use portal_platform::db::Schema;
 use portal_platform::{ServiceContext, ServiceDef};
@@ -28,7 +29,7 @@ pub static SERVICE: ServiceDef = ServiceDef {
 
 fn routes(context: ServiceContext) -> Routes {
     let max = context.max_message_bytes();
-    let server = ConsentServiceServer::new(api::ConsentServiceApi)
+    let server = ConsentServiceServer::new(api::ConsentServiceApi::new(context))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     Routes::new(server)
