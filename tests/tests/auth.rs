@@ -9,10 +9,9 @@
 )]
 
 use portal_platform::auth::Kind;
-use portal_platform::auth::keys::{TokenSigner, generate_key, parse_private_key};
 use portal_proto::identity::v1::GetTenantRequest;
 use portal_proto::identity::v1::identity_service_client::IdentityServiceClient;
-use portal_testkit::keys::{TEST_KEY_ID, operator_token, signer};
+use portal_testkit::keys::{self, operator_token, signer};
 use portal_testkit::{TestDb, TestService};
 use portal_tests::all_schemas;
 use tonic::Code;
@@ -57,13 +56,7 @@ async fn bad_credentials_are_unauthenticated_and_a_valid_token_reaches_the_handl
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(reason(&status), "TOKEN_EXPIRED");
 
-    let (stranger_key, _) = generate_key();
-    let stranger = TokenSigner::new(
-        TEST_KEY_ID,
-        parse_private_key(&stranger_key).unwrap(),
-        "portal/jp".to_owned(),
-    );
-    let (forged, _) = stranger.mint(Kind::Operator, "operators/test", None, &[], 300);
+    let (forged, _) = keys::stranger().mint(Kind::Operator, "operators/test", None, &[], 300);
     let status = get_tenant(&service, Some(&forged)).await;
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(reason(&status), "TOKEN_INVALID");

@@ -32,7 +32,10 @@ enum Command {
 /// ends the process with exit code 2 and a message naming the key.
 pub fn run(def: &'static ServiceDef) -> ExitCode {
     let args = Args::parse();
-    let settings = match Settings::load(args.config.as_deref()) {
+    // A service cannot run without its database, so a missing URL is a configuration error.
+    let loaded = Settings::load(args.config.as_deref())
+        .and_then(|settings| settings.database_url().map(|_| ()).map(|()| settings));
+    let settings = match loaded {
         Ok(settings) => Arc::new(settings),
         Err(e) => {
             eprintln!("{}: {e}", def.name);

@@ -22,8 +22,10 @@ pub type OutgoingChannel = InterceptedService<Channel, OutgoingContext>;
 pub enum OnBehalfOf {
     /// The service itself (relays, sweepers, checks the call graph makes as a service).
     Service,
-    /// The caller whose request is being served, forwarding their token; the service's own
-    /// token when no request is being served.
+    /// The caller whose request is being served, forwarding their token. Outside a request
+    /// (a spawned task, a stream body polled later) there is no caller and the call goes out
+    /// without a token, to be refused: never with the service's own, broader, authority.
+    /// Spawned work on a caller's behalf re-enters `auth::layer::serve_as`.
     Caller,
 }
 
@@ -84,9 +86,8 @@ impl tonic::service::Interceptor for OutgoingContext {
         telemetry::inject_current(request.metadata_mut());
         let token = match self.on_behalf_of {
             OnBehalfOf::Caller => current_caller().map(|caller| caller.token().to_owned()),
-            OnBehalfOf::Service => None,
-        }
-        .or_else(|| self.service_token.as_ref().map(|t| t.token()));
+            OnBehalfOf::Service => self.service_token.as_ref().map(|t| t.token()),
+        };
         if let Some(token) = token {
             let value = format!("Bearer {token}")
                 .parse()
@@ -223,7 +224,8 @@ mod tests {
             own,
             "a Service channel never forwards the user's token"
         );
-        // With no request being served, a Caller channel falls back to the service's token.
-        assert_eq!(authorization(&mut as_caller).unwrap(), own);
+        // With no request being served, a Caller channel sends no token rather than the
+        // service's own: it fails closed.
+        assert_eq!(authorization(&mut as_caller), None);
     }
 }

@@ -13,6 +13,20 @@ use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
 
+/// The top-level sections, as they appear in environment variable names.
+const SECTIONS: [&str; 10] = [
+    "DEPLOYMENT",
+    "TELEMETRY",
+    "DATABASE",
+    "SERVER",
+    "AUTH",
+    "TLS",
+    "IDENTITY",
+    "CONSENT",
+    "APPROVAL",
+    "TRANSFER",
+];
+
 /// Everything a portal process is configured with. Each service reads the shared sections and
 /// its own `[<service>]` section, so one file can configure the whole suite.
 #[derive(Debug, Clone, Deserialize)]
@@ -97,7 +111,8 @@ pub struct AuthSettings {
     pub max_token_lifetime_secs: u64,
     /// This process's signing key (secret).
     pub signing_key: Option<SigningKeySettings>,
-    /// Public keys whose tokens are accepted, each for the kinds of token it may sign.
+    /// Public keys whose tokens are accepted, each for the kinds of token it may sign (and, for
+    /// a service's key, the subjects it may sign for).
     #[serde(default)]
     pub trusted_keys: Vec<TrustedKeySettings>,
 }
@@ -118,6 +133,10 @@ pub struct TrustedKeySettings {
     pub public_key: String,
     /// Kinds of token this key may sign: USER, SERVICE, OPERATOR, AUDITOR.
     pub kinds: Vec<crate::auth::Kind>,
+    /// If not empty, the only subjects this key may sign for, e.g. `["services/approval"]`, so
+    /// one service's key cannot speak for another service.
+    #[serde(default)]
+    pub subjects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,12 +184,22 @@ impl Settings {
                 .set_override("database.url", url)
                 .map_err(|e| ConfigError::Load(e.to_string()))?;
         }
+        // Only variables that name one of our sections: others that happen to start with
+        // `PORTAL_` (Kubernetes service links for a Service called `portal`) are not ours.
+        let ours = env
+            .into_iter()
+            .filter(|(key, _)| {
+                SECTIONS
+                    .iter()
+                    .any(|section| key.starts_with(&format!("PORTAL_{section}__")))
+            })
+            .collect();
         builder = builder.add_source(
             Environment::with_prefix("PORTAL")
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(env.into_iter().collect())),
+                .source(Some(ours)),
         );
         let settings: Settings = builder
             .build()
@@ -427,6 +456,15 @@ mod tests {
     fn secrets_do_not_appear_in_debug_output() {
         let settings = load(&[("DATABASE_URL", "postgres://u:hunter2-secret@h/db")]).unwrap();
         assert!(!format!("{settings:?}").contains("hunter2-secret"));
+    }
+
+    #[test]
+    fn unrelated_portal_variables_are_not_taken_for_settings() {
+        let settings = load(&[
+            ("PORTAL_PORT", "tcp://10.0.0.1:80"),
+            ("PORTAL_SERVICE_HOST", "10.0.0.1"),
+        ]);
+        assert!(settings.is_ok(), "{settings:?}");
     }
 
     #[test]

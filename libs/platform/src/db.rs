@@ -18,6 +18,16 @@ use crate::config::DatabaseSettings;
 /// and a `REVOKE` on the same schema at once fail with "tuple concurrently updated".
 const MIGRATION_LOCK_KEY: i64 = 0x706f_7274_616c_0001;
 
+/// Statements for the database as a whole, run with every bootstrap. Database privileges live
+/// outside the database, so a copy made from a template does not inherit them: whoever copies
+/// one runs these again.
+pub const DATABASE_STATEMENTS: &[&str] = &[
+    // PUBLIC may create temporary tables and functions by default: DDL the app roles must not
+    // run either.
+    "DO $$ BEGIN EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', \
+     current_database()); END $$",
+];
+
 /// A table one of the platform's mechanisms keeps in every service's schema. `{schema}` and
 /// `{app}` in the SQL stand for the schema and its app role.
 #[derive(Debug)]
@@ -57,6 +67,9 @@ impl Schema {
         Migrator {
             migrations: self.migrations.migrations.clone(),
             table_name: format!("{}._sqlx_migrations", self.name).into(),
+            // Migrations newer than this binary are a newer release's: a rollback must still
+            // migrate (nothing to do) and serve.
+            ignore_missing: true,
             ..Migrator::DEFAULT
         }
     }
@@ -81,6 +94,7 @@ impl Schema {
             .collect();
         let mut migrator = Migrator::with_migrations(migrations);
         migrator.table_name = format!("{}._platform_migrations", self.name).into();
+        migrator.ignore_missing = true;
         migrator
     }
 
@@ -104,6 +118,7 @@ impl Schema {
             self.owner_role()
         ));
         statements.push(format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC"));
+        statements.extend(DATABASE_STATEMENTS.iter().map(|s| (*s).to_owned()));
         statements
     }
 }
@@ -131,10 +146,6 @@ impl DatabaseAccess {
         }
     }
 
-    pub fn schema(&self) -> Schema {
-        self.schema
-    }
-
     /// The pool the running service uses. It connects lazily, so a service can start (and say
     /// NOT_SERVING) while its database is away; with `assume_roles` every connection runs as
     /// the app role.
@@ -155,6 +166,20 @@ impl DatabaseAccess {
             });
         }
         Ok(pool.connect_lazy_with(options))
+    }
+
+    /// A connection of its own as the app role, outside the pool: the health probe uses it, so a
+    /// busy pool is not mistaken for a lost database.
+    pub async fn connect_app(&self) -> Result<PgConnection, sqlx::Error> {
+        let mut conn = self.connect(&self.url).await?;
+        if self.assume_roles {
+            conn.execute(AssertSqlSafe(format!(
+                "SET ROLE {}",
+                self.schema.app_role()
+            )))
+            .await?;
+        }
+        Ok(conn)
     }
 
     /// Whether this process may bring its schema up to date itself.
@@ -225,26 +250,30 @@ impl DatabaseAccess {
 
 /// Whether the database answers and holds every migration this binary knows. Migrations newer
 /// than the binary are fine: during a rolling update old replicas keep serving.
-pub async fn is_ready(pool: &PgPool, schema: Schema) -> Result<bool, sqlx::Error> {
-    let query = format!(
-        "SELECT version FROM {}._sqlx_migrations WHERE success",
-        schema.name
-    );
-    let applied: Vec<i64> = match sqlx::query_scalar(AssertSqlSafe(query))
-        .fetch_all(pool)
-        .await
-    {
-        Ok(versions) => versions,
-        // No migrations table yet (42P01), or not yet granted to the app role (42501).
-        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P01" | "42501")) => {
+pub async fn is_ready(conn: &mut PgConnection, schema: Schema) -> Result<bool, sqlx::Error> {
+    for (migrator, table) in [
+        (schema.platform_migrator(), "_platform_migrations"),
+        (schema.migrator(), "_sqlx_migrations"),
+    ] {
+        let query = format!("SELECT version FROM {}.{table} WHERE success", schema.name);
+        let applied: Vec<i64> = match sqlx::query_scalar(AssertSqlSafe(query))
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(versions) => versions,
+            // No migrations table yet (42P01), or not yet granted to the app role (42501).
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P01" | "42501")) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        if !migrator.iter().all(|m| applied.contains(&m.version)) {
             return Ok(false);
         }
-        Err(e) => return Err(e),
-    };
-    Ok(schema
-        .migrations
-        .iter()
-        .all(|m| applied.contains(&m.version)))
+    }
+    Ok(true)
 }
 
 /// The URL with its database name replaced: used to reach the `postgres` maintenance database

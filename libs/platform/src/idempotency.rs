@@ -44,12 +44,13 @@ pub struct RequestKey<'a> {
 /// Work that runs inside the request's transaction.
 pub type Work<'c, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'c>>;
 
+/// `schema` is the service's own (a compile-time name: it is spliced into the SQL).
 /// Runs `work` at most once per request id: in one transaction it claims the id, does the
 /// work and stores the answer; a retry of the same request returns the stored answer without
 /// running `work` again.
 pub async fn once<Req, Resp, F>(
     pool: &PgPool,
-    schema: &str,
+    schema: &'static str,
     key: RequestKey<'_>,
     request: &Req,
     work: F,
@@ -59,8 +60,9 @@ where
     Resp: Message + Default,
     F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, Resp>,
 {
-    let mut tx = pool.begin().await?;
+    // A malformed id is the caller's mistake whatever the database's state.
     let request_id = parse_request_id(key.request_id)?;
+    let mut tx = pool.begin().await?;
     if let Some(request_id) = request_id {
         let hash = Sha256::digest(request.encode_to_vec()).to_vec();
         if let Some(answer) = claim(&mut tx, schema, &key, request_id, &hash).await? {
@@ -103,7 +105,7 @@ fn parse_request_id(text: &str) -> Result<Option<uuid::Uuid>, ApiError> {
 /// for it and then either replays its answer or takes over.
 async fn claim(
     tx: &mut PgConnection,
-    schema: &str,
+    schema: &'static str,
     key: &RequestKey<'_>,
     request_id: uuid::Uuid,
     hash: &[u8],

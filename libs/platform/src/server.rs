@@ -108,18 +108,18 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let ready = Arc::new(AtomicBool::new(false));
     set_health(&reporter, def, false).await;
+    let (drain_streams, draining) = tokio::sync::watch::channel(false);
     let probe = tokio::spawn(watch_database(
         def,
         access,
-        pool.clone(),
         reporter.clone(),
         Arc::clone(&ready),
         Duration::from_millis(settings.database.health_interval_ms),
+        draining.clone(),
     ));
 
     let reflection_v1 = reflection(def).build_v1()?;
     let reflection_v1alpha = reflection(def).build_v1alpha()?;
-    let (drain_streams, draining) = tokio::sync::watch::channel(false);
     let context = ServiceContext {
         pool: pool.clone(),
         settings: Arc::clone(&settings),
@@ -205,21 +205,31 @@ fn reflection(def: &ServiceDef) -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// Consecutive failed probes after which a ready service says it is not: one slow answer is
+/// not a lost database.
+const PROBE_FAILURES_TO_NOT_SERVING: u32 = 2;
+
 /// Keeps health and the readiness gate in step with the database: migrates when this process
-/// may, then probes on every tick.
+/// may, then probes on every tick, over a connection of its own, until the drain starts.
 async fn watch_database(
     def: &'static ServiceDef,
     access: DatabaseAccess,
-    pool: PgPool,
     reporter: HealthReporter,
     ready: Arc<AtomicBool>,
     interval: Duration,
+    mut draining: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut migrated = !access.can_migrate();
+    let mut probe_conn: Option<sqlx::PgConnection> = None;
+    let mut failures = 0;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            // A draining server stays NOT_SERVING whatever the database does.
+            _ = draining.wait_for(|draining| *draining) => return,
+        }
         if !migrated {
             match access.migrate().await {
                 Ok(()) => migrated = true,
@@ -228,13 +238,24 @@ async fn watch_database(
                 }
             }
         }
-        let probe = tokio::time::timeout(
+        let answered = tokio::time::timeout(
             interval.max(Duration::from_secs(2)),
-            crate::db::is_ready(&pool, def.schema),
+            probe(&access, &mut probe_conn, def.schema),
         )
         .await;
-        let now_ready = matches!(probe, Ok(Ok(true)));
-        if now_ready != ready.swap(now_ready, Ordering::SeqCst) {
+        let healthy = matches!(answered, Ok(Ok(true)));
+        if healthy {
+            // Up to date, by us or by a migration job: nothing left to migrate.
+            migrated = true;
+            failures = 0;
+        } else {
+            failures += 1;
+            probe_conn = None;
+        }
+        let was_ready = ready.load(Ordering::SeqCst);
+        let now_ready = healthy || (was_ready && failures < PROBE_FAILURES_TO_NOT_SERVING);
+        if now_ready != was_ready {
+            ready.store(now_ready, Ordering::SeqCst);
             if now_ready {
                 tracing::info!(service = def.name, "database ready: serving");
             } else {
@@ -242,6 +263,21 @@ async fn watch_database(
             }
             set_health(&reporter, def, now_ready).await;
         }
+    }
+}
+
+/// One probe on the kept connection, connecting first if there is none.
+async fn probe(
+    access: &DatabaseAccess,
+    conn: &mut Option<sqlx::PgConnection>,
+    schema: Schema,
+) -> Result<bool, sqlx::Error> {
+    if conn.is_none() {
+        *conn = Some(access.connect_app().await?);
+    }
+    match conn {
+        Some(conn) => crate::db::is_ready(conn, schema).await,
+        None => Ok(false),
     }
 }
 

@@ -48,8 +48,9 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(output)
+        // The filter limits what is printed only: spans below it must still exist, or trace
+        // context would stop at this process.
+        .with(output.with_filter(filter))
         // Installed even without an exporter, so trace context still flows through this
         // process from the caller to the services it calls.
         .with(tracing_opentelemetry::layer().with_tracer(tracer))

@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use portal_platform::config::DatabaseSettings;
-use portal_platform::db::{DatabaseAccess, Schema, with_database};
+use portal_platform::db::{DATABASE_STATEMENTS, DatabaseAccess, Schema, with_database};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnectOptions;
@@ -38,6 +38,11 @@ impl TestDb {
             .await?;
         admin.close().await?;
         let url = with_database(&admin_url, &name)?;
+        let mut copy = connect(&url).await?;
+        for statement in DATABASE_STATEMENTS {
+            copy.execute(*statement).await?;
+        }
+        copy.close().await?;
         Ok(Self {
             name,
             url,
@@ -48,10 +53,6 @@ impl TestDb {
     /// Superuser URL of this database (services given it assume their roles).
     pub fn url(&self) -> &SecretString {
         &self.url
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// A pool that works as `schema`'s app role, exactly as the running service does.

@@ -59,10 +59,6 @@ impl TcpProxy {
         Ok((proxy, SecretString::from(parsed.to_string())))
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
         self.cut.send_replace(true);

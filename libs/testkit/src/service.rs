@@ -58,7 +58,7 @@ impl TestService {
         env.entry("PORTAL_DEPLOYMENT__REGION".to_owned())
             .or_insert_with(|| crate::keys::TEST_REGION.to_owned());
         let mut settings = Settings::load_from(None, env)?;
-        crate::keys::configure(&mut settings);
+        crate::keys::configure(&mut settings)?;
         let tls = settings.tls.clone();
         let settings = Arc::new(settings);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;

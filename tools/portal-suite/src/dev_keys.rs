@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use portal_platform::auth::Kind;
-use portal_platform::auth::keys::{TokenSigner, audience, generate_key, parse_private_key};
-use portal_platform::config::{Settings, SigningKeySettings, TrustedKeySettings};
-use secrecy::SecretString;
+use portal_platform::auth::keys::{
+    TokenSigner, audience, generate_key, parse_private_key, trust_one_key_for_everything,
+};
+use portal_platform::config::Settings;
 
 const KEY_ID: &str = "portal-suite-dev";
 const KEY_FILE: &str = "dev-signing-key";
@@ -28,20 +29,7 @@ pub fn wanted(settings: &Settings) -> bool {
 /// Loads (or makes) the development key and configures `settings` to trust and sign with it.
 pub fn install(settings: &mut Settings, data_dir: &Path) -> anyhow::Result<()> {
     let private_key = load_or_create(data_dir)?;
-    let signer = signer(settings, &private_key)?;
-    let public_key = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(signer.verifying_key().to_bytes())
-    };
-    settings.auth.signing_key = Some(SigningKeySettings {
-        key_id: KEY_ID.to_owned(),
-        private_key: SecretString::from(private_key),
-    });
-    settings.auth.trusted_keys = vec![TrustedKeySettings {
-        key_id: KEY_ID.to_owned(),
-        public_key,
-        kinds: vec![Kind::User, Kind::Service, Kind::Operator, Kind::Auditor],
-    }];
+    trust_one_key_for_everything(settings, KEY_ID, &private_key)?;
     Ok(())
 }
 

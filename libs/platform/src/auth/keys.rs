@@ -11,9 +11,12 @@ use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use secrecy::ExposeSecret;
 
-use super::token::{self, Claims, Expectations, KeyLookup, TokenError};
+use super::token::{self, Claims, Expectations, KeyLookup, TokenError, TrustedKey};
 use super::{Caller, Kind};
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, Settings, SigningKeySettings, TrustedKeySettings};
+
+/// Longest lifetime this process gives a token it mints (a week).
+const MAX_MINT_TTL_SECS: i64 = 7 * 24 * 3600;
 
 /// Most tokens kept verified in memory; beyond it expired entries are dropped first.
 const CACHE_LIMIT: usize = 10_000;
@@ -35,7 +38,7 @@ pub fn now() -> i64 {
 /// The public keys this process trusts.
 #[derive(Debug, Default)]
 pub struct KeySet {
-    keys: HashMap<String, (VerifyingKey, Vec<Kind>)>,
+    keys: HashMap<String, TrustedKey>,
 }
 
 impl KeySet {
@@ -47,25 +50,31 @@ impl KeySet {
                     key: format!("auth.trusted_keys[{i}].public_key"),
                     problem: "must be a base64 Ed25519 public key (32 bytes)".to_owned(),
                 })?;
-            keys.insert(trusted.key_id.clone(), (key, trusted.kinds.clone()));
+            keys.insert(
+                trusted.key_id.clone(),
+                TrustedKey {
+                    key,
+                    kinds: trusted.kinds.clone(),
+                    subjects: trusted.subjects.clone(),
+                },
+            );
         }
         Ok(Self { keys })
     }
 
     pub fn insert(&mut self, key_id: &str, key: VerifyingKey, kinds: &[Kind]) {
-        self.keys.insert(key_id.to_owned(), (key, kinds.to_vec()));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        let trusted = TrustedKey {
+            key,
+            kinds: kinds.to_vec(),
+            subjects: Vec::new(),
+        };
+        self.keys.insert(key_id.to_owned(), trusted);
     }
 }
 
 impl KeyLookup for KeySet {
-    fn key(&self, key_id: &str) -> Option<(&VerifyingKey, &[Kind])> {
-        self.keys
-            .get(key_id)
-            .map(|(key, kinds)| (key, kinds.as_slice()))
+    fn key(&self, key_id: &str) -> Option<&TrustedKey> {
+        self.keys.get(key_id)
     }
 }
 
@@ -100,9 +109,11 @@ impl Authenticator {
 
     /// Authenticates an `authorization` header value (`Bearer <token>`).
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, TokenError> {
+        // The scheme is case-insensitive (RFC 7235).
         let token = authorization
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
             .ok_or(TokenError::Missing)?;
         let now = now();
@@ -190,7 +201,7 @@ impl TokenSigner {
         self.key.verifying_key()
     }
 
-    /// A token for `subject` valid for `ttl_secs` from now.
+    /// A token for `subject` valid for `ttl_secs` from now (at most a week).
     pub fn mint(
         &self,
         kind: Kind,
@@ -200,6 +211,7 @@ impl TokenSigner {
         ttl_secs: i64,
     ) -> (String, i64) {
         let iat = now();
+        let ttl_secs = ttl_secs.min(MAX_MINT_TTL_SECS);
         let claims = Claims {
             sub: subject.to_owned(),
             aud: self.audience.clone(),
@@ -211,6 +223,30 @@ impl TokenSigner {
         };
         (token::sign(&self.key_id, &self.key, &claims), claims.exp)
     }
+}
+
+/// Makes `settings` sign with `private_key` and trust it for every kind of token: development
+/// and tests only, where one key stands in for identity's, each service's and the operators'.
+pub fn trust_one_key_for_everything(
+    settings: &mut Settings,
+    key_id: &str,
+    private_key: &str,
+) -> Result<(), ConfigError> {
+    let key = parse_private_key(private_key).ok_or_else(|| ConfigError::Invalid {
+        key: "auth.signing_key.private_key".to_owned(),
+        problem: "must be a base64 Ed25519 private key (32 bytes; value not shown)".to_owned(),
+    })?;
+    settings.auth.signing_key = Some(SigningKeySettings {
+        key_id: key_id.to_owned(),
+        private_key: secrecy::SecretString::from(private_key.to_owned()),
+    });
+    settings.auth.trusted_keys = vec![TrustedKeySettings {
+        key_id: key_id.to_owned(),
+        public_key: STANDARD.encode(key.verifying_key().to_bytes()),
+        kinds: vec![Kind::User, Kind::Service, Kind::Operator, Kind::Auditor],
+        subjects: Vec::new(),
+    }];
+    Ok(())
 }
 
 /// A new random Ed25519 key: (private key, public key), both base64.
@@ -306,19 +342,26 @@ mod tests {
         assert_eq!(refused(Some("Basic abc")), TokenError::Missing);
         assert_eq!(refused(Some("Bearer not.a.token")), TokenError::Malformed);
 
-        let (expired, _) = signer.mint(Kind::User, "tenants/t/users/u", None, &[], -5);
+        let (expired, _) = signer.mint(Kind::User, "tenants/t/users/u", Some("tenants/t"), &[], -5);
         assert_eq!(refused(Some(&bearer(&expired))), TokenError::Expired);
         assert_eq!(TokenError::Expired.reason(), "TOKEN_EXPIRED");
 
         // Claims changed after signing: the signature of the original no longer matches.
-        let (good, _) = signer.mint(Kind::User, "tenants/t/users/u", None, &[], 300);
-        let (other, _) = signer.mint(Kind::User, "tenants/t/users/admin", None, &[], 300);
+        let (good, _) = signer.mint(Kind::User, "tenants/t/users/u", Some("tenants/t"), &[], 300);
+        let (other, _) = signer.mint(
+            Kind::User,
+            "tenants/t/users/admin",
+            Some("tenants/t"),
+            &[],
+            300,
+        );
         let good_signature = &good[good.rfind('.').unwrap()..];
         let forged = format!("{}{good_signature}", &other[..other.rfind('.').unwrap()]);
         assert_eq!(refused(Some(&bearer(&forged))), TokenError::BadSignature);
 
         let (stranger, _, _) = key(&[Kind::User]);
-        let (untrusted, _) = stranger.mint(Kind::User, "tenants/t/users/u", None, &[], 300);
+        let (untrusted, _) =
+            stranger.mint(Kind::User, "tenants/t/users/u", Some("tenants/t"), &[], 300);
         assert_eq!(refused(Some(&bearer(&untrusted))), TokenError::UnknownKey);
 
         let us = TokenSigner::new(
@@ -326,14 +369,20 @@ mod tests {
             SigningKey::from_bytes(&signer.key.to_bytes()),
             "portal/us".to_owned(),
         );
-        let (elsewhere, _) = us.mint(Kind::User, "tenants/t/users/u", None, &[], 300);
+        let (elsewhere, _) = us.mint(Kind::User, "tenants/t/users/u", Some("tenants/t"), &[], 300);
         assert_eq!(
             refused(Some(&bearer(&elsewhere))),
             TokenError::WrongAudience
         );
         assert_eq!(TokenError::WrongAudience.reason(), "TOKEN_WRONG_AUDIENCE");
 
-        let (forever, _) = signer.mint(Kind::User, "tenants/t/users/u", None, &[], 7200);
+        let (forever, _) = signer.mint(
+            Kind::User,
+            "tenants/t/users/u",
+            Some("tenants/t"),
+            &[],
+            7200,
+        );
         assert_eq!(refused(Some(&bearer(&forever))), TokenError::TooLongLived);
     }
 
@@ -356,9 +405,12 @@ mod tests {
         drop(new_keys);
         let auth = Authenticator::new(keys, expectations());
 
-        let (before_rotation, _) = old.mint(Kind::User, "tenants/t/users/u", None, &[], 300);
-        let (after_rotation, _) = new.mint(Kind::User, "tenants/t/users/u", None, &[], 300);
-        let (expired_old, _) = old.mint(Kind::User, "tenants/t/users/u", None, &[], -1);
+        let (before_rotation, _) =
+            old.mint(Kind::User, "tenants/t/users/u", Some("tenants/t"), &[], 300);
+        let (after_rotation, _) =
+            new.mint(Kind::User, "tenants/t/users/u", Some("tenants/t"), &[], 300);
+        let (expired_old, _) =
+            old.mint(Kind::User, "tenants/t/users/u", Some("tenants/t"), &[], -1);
         assert!(auth.authenticate(Some(&bearer(&before_rotation))).is_ok());
         assert!(auth.authenticate(Some(&bearer(&after_rotation))).is_ok());
         assert_eq!(
@@ -371,9 +423,69 @@ mod tests {
     fn a_remembered_token_is_refused_once_it_expires() {
         let (signer, keys, _) = key(&[Kind::User]);
         let auth = Authenticator::new(keys, expectations());
-        let (token, _) = signer.mint(Kind::User, "tenants/t/users/u", None, &[], 300);
+        let (token, _) = signer.mint(Kind::User, "tenants/t/users/u", Some("tenants/t"), &[], 300);
         let caller = auth.authenticate(Some(&bearer(&token))).unwrap();
         assert!(auth.cached(&token, caller.expires_at - 1).is_some());
         assert!(auth.cached(&token, caller.expires_at).is_none());
+    }
+
+    #[test]
+    fn a_service_key_speaks_only_for_the_subjects_it_is_bound_to() {
+        let (approval, mut keys, key_id) = key(&[Kind::Service]);
+        keys.keys.get_mut(&key_id).unwrap().subjects = vec!["services/approval".to_owned()];
+        let auth = Authenticator::new(keys, expectations());
+        let (own, _) = approval.mint(Kind::Service, "services/approval", None, &[], 300);
+        let (impostor, _) = approval.mint(Kind::Service, "services/identity", None, &[], 300);
+        assert!(auth.authenticate(Some(&bearer(&own))).is_ok());
+        assert_eq!(
+            auth.authenticate(Some(&bearer(&impostor))).unwrap_err(),
+            TokenError::KindNotAllowed
+        );
+    }
+
+    #[test]
+    fn tokens_whose_claims_do_not_fit_their_kind_are_refused() {
+        let (signer, keys, _) = key(&[Kind::User, Kind::Service]);
+        let auth = Authenticator::new(keys, expectations());
+        let (no_tenant, _) = signer.mint(Kind::User, "tenants/t/users/u", None, &[], 300);
+        let (not_a_service, _) = signer.mint(Kind::Service, "approval", None, &[], 300);
+        for token in [no_tenant, not_a_service] {
+            assert_eq!(
+                auth.authenticate(Some(&bearer(&token))).unwrap_err(),
+                TokenError::Malformed
+            );
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let (signer, keys, _) = key(&[Kind::Operator]);
+        let auth = Authenticator::new(keys, expectations());
+        let (token, _) = signer.mint(Kind::Operator, "operators/o", None, &[], 300);
+        assert!(auth.authenticate(Some(&format!("bearer {token}"))).is_ok());
+        assert!(auth.authenticate(Some(&format!("BEARER {token}"))).is_ok());
+    }
+
+    #[test]
+    fn extreme_times_in_a_signed_token_are_refused_not_overflowed() {
+        let (signer, keys, key_id) = key(&[Kind::Operator]);
+        let auth = Authenticator::new(keys, expectations());
+        let claims = Claims {
+            sub: "operators/o".to_owned(),
+            aud: "portal/jp".to_owned(),
+            kind: Kind::Operator,
+            tenant: None,
+            roles: Vec::new(),
+            iat: i64::MIN,
+            exp: i64::MAX,
+        };
+        let token = token::sign(&key_id, &signer.key, &claims);
+        assert_eq!(
+            auth.authenticate(Some(&bearer(&token))).unwrap_err(),
+            TokenError::TooLongLived
+        );
+        // Minting clamps an absurd lifetime instead of overflowing.
+        let (_, exp) = signer.mint(Kind::Operator, "operators/o", None, &[], i64::MAX);
+        assert!(exp - now() <= MAX_MINT_TTL_SECS);
     }
 }

@@ -46,7 +46,7 @@ pub enum TokenError {
     UnknownKey,
     #[error("the token's signature does not verify")]
     BadSignature,
-    #[error("the token's key may not sign tokens of this kind")]
+    #[error("the token's key may not sign tokens of this kind or subject")]
     KindNotAllowed,
     #[error("the token has expired")]
     Expired,
@@ -92,10 +92,18 @@ pub fn sign(key_id: &str, key: &SigningKey, claims: &Claims) -> String {
     )
 }
 
+/// What a trusted key may sign.
+#[derive(Debug, Clone)]
+pub struct TrustedKey {
+    pub key: ed25519_dalek::VerifyingKey,
+    pub kinds: Vec<Kind>,
+    /// Empty: any subject.
+    pub subjects: Vec<String>,
+}
+
 /// What verification needs to know about the key a token names.
 pub trait KeyLookup {
-    /// The public key for `key_id` and the kinds of token it may sign.
-    fn key(&self, key_id: &str) -> Option<(&ed25519_dalek::VerifyingKey, &[Kind])>;
+    fn key(&self, key_id: &str) -> Option<&TrustedKey>;
 }
 
 /// The rules a token must meet besides its signature.
@@ -125,29 +133,46 @@ pub fn verify(
     if header.alg != "EdDSA" {
         return Err(TokenError::Malformed);
     }
-    let (public_key, kinds) = keys.key(&header.kid).ok_or(TokenError::UnknownKey)?;
+    let trusted = keys.key(&header.kid).ok_or(TokenError::UnknownKey)?;
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
         .ok()
         .and_then(|bytes| Signature::from_slice(&bytes).ok())
         .ok_or(TokenError::Malformed)?;
     let signing_input = &token[..token.rfind('.').ok_or(TokenError::Malformed)?];
-    public_key
+    trusted
+        .key
         .verify(signing_input.as_bytes(), &signature)
         .map_err(|_| TokenError::BadSignature)?;
 
     let claims: Claims = decode_json(claims)?;
-    if !kinds.contains(&claims.kind) {
+    if !trusted.kinds.contains(&claims.kind) {
         return Err(TokenError::KindNotAllowed);
+    }
+    if !trusted.subjects.is_empty() && !trusted.subjects.contains(&claims.sub) {
+        return Err(TokenError::KindNotAllowed);
+    }
+    // Users always belong to a tenant; services are always `services/<name>`.
+    let well_formed = match claims.kind {
+        Kind::User => claims.tenant.as_deref().is_some_and(|t| !t.is_empty()),
+        Kind::Service => claims
+            .sub
+            .strip_prefix("services/")
+            .is_some_and(|n| !n.is_empty()),
+        Kind::Operator | Kind::Auditor => !claims.sub.is_empty(),
+    };
+    if !well_formed {
+        return Err(TokenError::Malformed);
     }
     if claims.exp <= now {
         return Err(TokenError::Expired);
     }
-    if claims.iat > now + expect.clock_skew_secs {
+    if claims.iat > now.saturating_add(expect.clock_skew_secs) {
         return Err(TokenError::NotYetValid);
     }
-    if claims.exp - claims.iat > expect.max_lifetime_secs {
-        return Err(TokenError::TooLongLived);
+    match claims.exp.checked_sub(claims.iat) {
+        Some(lifetime) if lifetime <= expect.max_lifetime_secs => {}
+        _ => return Err(TokenError::TooLongLived),
     }
     if claims.aud != expect.audience {
         return Err(TokenError::WrongAudience);
