@@ -1,5 +1,6 @@
 //! One writer where one is needed: of several replicas running the same named task, exactly
-//! one works at a time, and when it stops another takes over.
+//! one writes at a time; when it stops, or its session is killed, another takes over, and the
+//! old one's writes stop at once.
 
 #![allow(
     clippy::unwrap_used,
@@ -7,8 +8,8 @@
     reason = "a test fails loudly on the first surprise"
 )]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portal_platform::single_writer::SingleWriter;
@@ -17,112 +18,108 @@ use portal_tests::all_schemas;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-fn replica_pool(db: &TestDb) -> PgPool {
-    db.app_pool(approval_service::SERVICE.schema).unwrap()
-}
+/// Which database session each replica writes through while it is the writer.
+type Sessions = Arc<Mutex<HashMap<usize, i32>>>;
 
-/// A replica: works (marking itself as the writer) while it holds the lock, until told to
-/// stop. Its pool outlives the task, as in a process whose other work goes on.
+/// A replica: while it holds the lock, it logs its id every few milliseconds through the
+/// lock's connection, until told to stop.
 fn start_replica(
     pool: PgPool,
     id: usize,
-    writer: Arc<AtomicUsize>,
-    concurrent: Arc<AtomicUsize>,
+    sessions: Sessions,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let task = SingleWriter::new("approval.test-sweeper", Duration::from_millis(100));
+        let task = SingleWriter::new("approval.test-writer", Duration::from_millis(100));
         let mut stop = stop;
         let stopped = async move {
             let _ = stop.wait_for(|stop| *stop).await;
         };
-        task.run(&pool, stopped, || {
-            let writer = Arc::clone(&writer);
-            let concurrent = Arc::clone(&concurrent);
-            async move {
-                let _guard = Working::start(&concurrent);
-                writer.store(id, Ordering::SeqCst);
-                std::future::pending::<()>().await;
-            }
+        task.run(&pool, stopped, |conn| {
+            let sessions = Arc::clone(&sessions);
+            Box::pin(async move {
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                sessions.lock().unwrap().insert(id, pid);
+                loop {
+                    sqlx::query("INSERT INTO approval.test_writer_log (replica) VALUES ($1)")
+                        .bind(i32::try_from(id).unwrap())
+                        .execute(&mut *conn)
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
         })
         .await;
     })
 }
 
-/// Counts replicas working at once; dropped when the work stops.
-struct Working(Arc<AtomicUsize>);
-
-impl Working {
-    fn start(concurrent: &Arc<AtomicUsize>) -> Self {
-        concurrent.fetch_add(1, Ordering::SeqCst);
-        Self(Arc::clone(concurrent))
-    }
+/// The replicas in the order they wrote, each run of writes by one replica counted once.
+async fn writers_in_order(admin: &PgPool) -> Vec<i32> {
+    let log: Vec<i32> =
+        sqlx::query_scalar("SELECT replica FROM approval.test_writer_log ORDER BY id")
+            .fetch_all(admin)
+            .await
+            .unwrap();
+    let mut runs = log;
+    runs.dedup();
+    runs
 }
 
-impl Drop for Working {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+async fn wait_for_new_writer(admin: &PgPool, after: usize) -> Vec<i32> {
+    eventually(Duration::from_secs(15), "a new writer", || async {
+        let runs = writers_in_order(admin).await;
+        (runs.len() > after).then_some(runs)
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_one_replica_writes_and_another_takes_over_when_it_stops() {
+async fn one_replica_writes_at_a_time_and_another_takes_over_when_it_stops_or_dies() {
     let db = TestDb::new(&all_schemas()).await.unwrap();
-    let writer = Arc::new(AtomicUsize::new(0));
-    let concurrent = Arc::new(AtomicUsize::new(0));
-    let (max_tx, max_rx) = watch::channel(0usize);
-    // Records the most replicas ever seen working at once.
-    let monitor = {
-        let concurrent = Arc::clone(&concurrent);
-        tokio::spawn(async move {
-            loop {
-                let now = concurrent.load(Ordering::SeqCst);
-                max_tx.send_if_modified(|max| {
-                    let grew = now > *max;
-                    *max = (*max).max(now);
-                    grew
-                });
-                tokio::task::yield_now().await;
-            }
-        })
-    };
-
-    let pools: Vec<PgPool> = (0..3).map(|_| replica_pool(&db)).collect();
+    let admin = db.admin_pool().await.unwrap();
+    for statement in [
+        "CREATE TABLE approval.test_writer_log (id bigserial PRIMARY KEY, replica int NOT NULL)",
+        "GRANT INSERT ON approval.test_writer_log TO approval_app",
+        "GRANT USAGE ON SEQUENCE approval.test_writer_log_id_seq TO approval_app",
+    ] {
+        sqlx::query(statement).execute(&admin).await.unwrap();
+    }
+    let sessions: Sessions = Arc::default();
     let stops: Vec<_> = (0..3).map(|_| watch::channel(false)).collect();
     let replicas: Vec<_> = (1..=3)
         .map(|id| {
-            start_replica(
-                pools[id - 1].clone(),
-                id,
-                Arc::clone(&writer),
-                Arc::clone(&concurrent),
-                stops[id - 1].1.clone(),
-            )
+            let pool = db.app_pool(approval_service::SERVICE.schema).unwrap();
+            start_replica(pool, id, Arc::clone(&sessions), stops[id - 1].1.clone())
         })
         .collect();
-    let first = eventually(Duration::from_secs(10), "a writer", || async {
-        let id = writer.load(Ordering::SeqCst);
-        (id != 0).then_some(id)
-    })
-    .await
-    .unwrap();
 
-    // The writer stops (its process lives on): the lock is released and another takes over.
-    stops[first - 1].0.send_replace(true);
-    let second = eventually(Duration::from_secs(10), "a new writer", || async {
-        let id = writer.load(Ordering::SeqCst);
-        (id != first && id != 0).then_some(id)
-    })
-    .await
-    .unwrap();
-    assert_ne!(second, first);
-    eventually(Duration::from_secs(5), "one replica working", || async {
-        (concurrent.load(Ordering::SeqCst) == 1).then_some(())
-    })
-    .await
-    .unwrap();
-    monitor.abort();
-    assert_eq!(*max_rx.borrow(), 1, "two replicas never write at once");
+    // The writer stops, its process living on: another takes over.
+    let first = wait_for_new_writer(&admin, 0).await[0];
+    stops[usize::try_from(first).unwrap() - 1]
+        .0
+        .send_replace(true);
+    let runs = wait_for_new_writer(&admin, 1).await;
+
+    // The next writer's session is killed: its writes stop and another takes over.
+    let second = runs[1];
+    let pid = sessions.lock().unwrap()[&usize::try_from(second).unwrap()];
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&admin)
+        .await
+        .unwrap();
+    // As when its whole process dies, the killed replica does not come back to compete.
+    stops[usize::try_from(second).unwrap() - 1].0.send_replace(true);
+    let runs = wait_for_new_writer(&admin, 2).await;
+
+    // Each replica wrote in one unbroken run: never two writers interleaved.
+    let mut seen = runs.clone();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), runs.len(), "writers interleaved: {runs:?}");
     for replica in replicas {
         replica.abort();
     }

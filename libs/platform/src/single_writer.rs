@@ -1,13 +1,23 @@
 //! Work that must have exactly one writer across replicas (log sequencing, checkpoint
 //! signing, expiry sweeps): every replica runs [`SingleWriter::run`], and only the one holding
-//! a PostgreSQL advisory lock does the work. The lock lives on a dedicated connection, so when
-//! that replica dies its session ends, the lock is released, and another replica takes over.
+//! a PostgreSQL advisory lock does the work.
+//!
+//! The work runs on the very connection that holds the lock, and must make its single-writer
+//! writes there: if that session ends (the replica dies, the network drops it, an operator
+//! terminates it), its lock is released and its writes fail at once, so a new writer can never
+//! overlap an old one. The session asks the server to probe the client with TCP keepalives, so
+//! a replica whose host vanished without closing the socket loses the lock in under a minute,
+//! not after the kernel's two-hour default.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, PgPool};
+
+/// The writer's work, given the connection that holds the lock.
+pub type LeaderWork<'c> = Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + 'c>>;
 
 /// A named task that one replica at a time runs.
 #[derive(Debug, Clone)]
@@ -18,7 +28,8 @@ pub struct SingleWriter {
 }
 
 impl SingleWriter {
-    /// `name` must be unique within the schema's database, e.g. `approval.expiry-sweeper`.
+    /// `name` must be unique within the database, e.g. `approval.expiry-sweeper`; replicas
+    /// that are not the writer try to become it every `retry`.
     pub fn new(name: &str, retry: Duration) -> Self {
         let digest = Sha256::digest(name.as_bytes());
         let mut first = [0u8; 8];
@@ -30,13 +41,12 @@ impl SingleWriter {
         }
     }
 
-    /// Until `shutdown` completes: wait to become the writer, then run `work` while holding
-    /// the lock. `work` is started afresh each time leadership is gained, and stopped (its
-    /// future dropped) as soon as the lock's connection is lost.
-    pub async fn run<F, Fut>(&self, pool: &PgPool, shutdown: impl Future<Output = ()>, mut work: F)
+    /// Until `shutdown` completes: wait to become the writer, then run `work` on the lock's
+    /// connection. `work` is started afresh each time leadership is gained; when it fails
+    /// (its connection is gone) or returns, the lock is given up and the race starts again.
+    pub async fn run<F>(&self, pool: &PgPool, shutdown: impl Future<Output = ()>, mut work: F)
     where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = ()>,
+        F: for<'c> FnMut(&'c mut PgConnection) -> LeaderWork<'c>,
     {
         tokio::pin!(shutdown);
         loop {
@@ -45,20 +55,22 @@ impl SingleWriter {
                     return;
                 };
                 tracing::info!(task = %self.name, "became the single writer");
-                tokio::select! {
-                    () = work() => {}
-                    () = self.watch(&mut conn) => {
-                        tracing::warn!(task = %self.name, "lost the single-writer lock");
+                match work(&mut conn).await {
+                    Ok(()) => {
+                        // Returning the lock explicitly lets another replica take over at once.
+                        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                            .bind(self.key)
+                            .execute(&mut conn)
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %self.name, error = %e, "single writer stopped")
                     }
                 }
-                // Returning the lock explicitly lets another replica take over at once; if
-                // the connection is gone, PostgreSQL has already released it.
-                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(self.key)
-                    .execute(&mut conn)
-                    .await;
                 let _ = conn.close().await;
             };
+            // Dropping `lead` on shutdown drops the connection, which ends the session and
+            // with it the lock.
             tokio::select! {
                 () = &mut shutdown => return,
                 () = lead => {}
@@ -70,27 +82,26 @@ impl SingleWriter {
         }
     }
 
-    /// A connection holding the lock, or None if another replica holds it or the database is
-    /// away. It is detached from the pool: however this task ends, dropping it closes the
-    /// session and so releases the lock, instead of parking a locked session in the pool.
+    /// A connection holding the lock, taken out of the pool; None if another replica holds
+    /// the lock or the database is away (the pooled connection then goes back unlocked).
     async fn acquire(&self, pool: &PgPool) -> Option<PgConnection> {
-        let mut conn = pool.acquire().await.ok()?.detach();
+        let mut pooled = pool.acquire().await.ok()?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(self.key)
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *pooled)
             .await
             .ok()?;
-        locked.then_some(conn)
-    }
-
-    /// Returns when the lock's connection stops answering.
-    async fn watch(&self, conn: &mut PgConnection) {
-        loop {
-            tokio::time::sleep(self.retry).await;
-            let alive = tokio::time::timeout(self.retry.max(Duration::from_secs(1)), conn.ping());
-            if !matches!(alive.await, Ok(Ok(()))) {
-                return;
-            }
+        if !locked {
+            return None;
         }
+        // Held for as long as the lock: it must never go back to the pool still locked.
+        let mut conn = pooled.detach();
+        let keepalives = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+                          SET tcp_keepalives_count = 3; SET tcp_user_timeout = 30000";
+        if sqlx::raw_sql(keepalives).execute(&mut conn).await.is_err() {
+            let _ = conn.close().await;
+            return None;
+        }
+        Some(conn)
     }
 }
