@@ -112,7 +112,9 @@ async fn one_replica_writes_at_a_time_and_another_takes_over_when_it_stops_or_di
         .await
         .unwrap();
     // As when its whole process dies, the killed replica does not come back to compete.
-    stops[usize::try_from(second).unwrap() - 1].0.send_replace(true);
+    stops[usize::try_from(second).unwrap() - 1]
+        .0
+        .send_replace(true);
     let runs = wait_for_new_writer(&admin, 2).await;
 
     // Each replica wrote in one unbroken run: never two writers interleaved.

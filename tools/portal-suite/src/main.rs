@@ -137,10 +137,24 @@ async fn run(data_dir: PathBuf, mut settings: Settings) -> anyhow::Result<()> {
     if cluster.is_some() {
         settings.database.assume_roles = true;
     }
-    let settings = Arc::new(settings);
+    // Whatever happens to the services, a private PostgreSQL we started is stopped again.
+    let result = serve_all(Arc::new(settings)).await;
+    if let Some(cluster) = cluster {
+        println!(
+            "stopping the private PostgreSQL in {}",
+            cluster.data_dir().display()
+        );
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    }
+    println!("portal-suite stopped");
+    result
+}
 
+/// Runs the four services until Ctrl-C or SIGTERM, or until one of them fails, which stops the
+/// others: a suite missing a service would only mislead.
+async fn serve_all(settings: Arc<Settings>) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for def in SERVICES {
         let listener = server::bind(def, &settings).await?;
         println!(
@@ -153,32 +167,44 @@ async fn run(data_dir: PathBuf, mut settings: Settings) -> anyhow::Result<()> {
         let shutdown = async move {
             let _ = stop.wait_for(|stop| *stop).await;
         };
-        tasks.push(tokio::spawn(server::serve(
-            def,
-            Arc::clone(&settings),
-            listener,
-            shutdown,
-        )));
+        let served = server::serve(def, Arc::clone(&settings), listener, shutdown);
+        tasks.spawn(async move { (def.name, served.await) });
     }
     println!("portal-suite is up; Ctrl-C stops it");
 
-    server::shutdown_signal().await;
-    stop_tx.send_replace(true);
     let mut result = Ok(());
-    for task in tasks {
-        if let Err(e) = task.await.map_err(anyhow::Error::from).and_then(|r| r) {
-            result = Err(e);
+    tokio::select! {
+        () = server::shutdown_signal() => {}
+        Some(ended) = tasks.join_next() => {
+            result = Err(service_failure(ended));
         }
     }
-    if let Some(cluster) = cluster {
-        println!(
-            "stopping the private PostgreSQL in {}",
-            cluster.data_dir().display()
-        );
-        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    stop_tx.send_replace(true);
+    // The drain may take the grace period; a second Ctrl-C means "now".
+    tokio::spawn(async {
+        server::shutdown_signal().await;
+        eprintln!("portal-suite: second signal, exiting without waiting for the drain");
+        std::process::exit(130);
+    });
+    while let Some(ended) = tasks.join_next().await {
+        if let Ok((_, Ok(()))) = ended {
+            continue;
+        }
+        if result.is_ok() {
+            result = Err(service_failure(ended));
+        }
     }
-    println!("portal-suite stopped");
     result
+}
+
+fn service_failure(
+    ended: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Error {
+    match ended {
+        Ok((name, Ok(()))) => anyhow::anyhow!("the {name} service stopped unexpectedly"),
+        Ok((name, Err(e))) => e.context(format!("the {name} service failed")),
+        Err(e) => anyhow::anyhow!("a service task failed: {e}"),
+    }
 }
 
 /// The configured server when it answers; otherwise a private cluster in `data_dir`.

@@ -91,6 +91,18 @@ async fn assert_all_serving(listening: &[(String, String)]) {
     }
 }
 
+/// Kills the suite if a test fails before stopping it, so no process or PostgreSQL outlives
+/// the test run.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+}
+
 fn terminate(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -143,6 +155,7 @@ async fn the_suite_serves_all_four_services_and_stops_cleanly_on_sigterm() {
         .arg(dir.path())
         .spawn()
         .unwrap();
+    let _guard = KillOnDrop(child.id());
     let (listening, lines) = wait_until_up(&mut child);
     assert_all_serving(&listening).await;
 
@@ -195,6 +208,7 @@ async fn without_a_configured_database_the_suite_runs_its_own_postgres() {
     .unwrap();
     let data_dir = dir.path().join("suite");
     let mut child = suite().arg("--data-dir").arg(&data_dir).spawn().unwrap();
+    let _guard = KillOnDrop(child.id());
     let (listening, lines) = wait_until_up(&mut child);
     assert_all_serving(&listening).await;
     let pg_data = data_dir.join("postgres");
