@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -19,8 +19,11 @@ pub struct LocalCluster {
     data_dir: PathBuf,
     bin_dir: PathBuf,
     port: u16,
+    password: String,
     run_as: Option<String>,
 }
+
+const PASSWORD_FILE: &str = "password";
 
 const INSTALL_HINT: &str = "no PostgreSQL server binaries found (looked for `initdb` and `pg_ctl` \
      under PG_BIN, `pg_config --bindir`, /usr/lib/postgresql/*/bin and PATH); install them \
@@ -28,59 +31,62 @@ const INSTALL_HINT: &str = "no PostgreSQL server binaries found (looked for `ini
      DATABASE_URL to a running server";
 
 impl LocalCluster {
-    /// Starts the cluster in `data_dir` (creating it on first use) and waits until it accepts
-    /// connections. A cluster already running there is reused. The port is remembered in the
-    /// data folder, so every run finds the same server.
-    pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
+    /// Starts the cluster kept in `dir` (creating it on first use) and waits until it accepts
+    /// connections; a cluster already running there is reused. `dir` holds the data
+    /// (`pgdata/`), the superuser's password and the port, so every run finds the same server.
+    /// The server listens on 127.0.0.1 only and requires the password (SCRAM): other local
+    /// users cannot log in as its superuser.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
         let bin_dir = find_bin_dir().ok_or_else(|| anyhow!(INSTALL_HINT))?;
-        fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-        let data_dir = data_dir.canonicalize()?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
         let run_as = non_root_user()?;
         if let Some(user) = &run_as {
             let (uid, gid) = user_ids(user)?;
-            std::os::unix::fs::chown(&data_dir, Some(uid), Some(gid))?;
+            check_reachable(&dir, user, uid)?;
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
         }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         let mut cluster = Self {
-            data_dir,
+            data_dir: dir,
             bin_dir,
             port: 0,
+            password: String::new(),
             run_as,
         };
-        if !cluster.data_dir.join("PG_VERSION").exists() {
+        cluster.password = cluster.load_or_make_password()?;
+        let pgdata = cluster.pgdata();
+        if !pgdata.join("PG_VERSION").exists() {
             cluster.run(
                 "initdb",
                 &[
                     "-D",
-                    &cluster.path_str(),
+                    &pgdata.to_string_lossy(),
                     "-U",
                     "postgres",
-                    "--auth=trust",
+                    "--auth=scram-sha-256",
+                    &format!(
+                        "--pwfile={}",
+                        cluster.data_dir.join(PASSWORD_FILE).display()
+                    ),
                     "--encoding=UTF8",
                     "--no-sync",
                 ],
             )?;
         }
-        let port_file = cluster.data_dir.join("portal-port");
-        cluster.port = match fs::read_to_string(&port_file) {
-            Ok(text) => text.trim().parse().context("reading portal-port")?,
-            Err(_) => {
-                let port = free_port()?;
-                fs::write(&port_file, port.to_string())?;
-                port
-            }
-        };
+        cluster.port = cluster.choose_port()?;
         if !cluster.accepts_connections() {
             let options = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
                 cluster.port,
-                cluster.path_str()
+                cluster.data_dir.display()
             );
             let log = cluster.data_dir.join("postgres.log");
             cluster.run(
                 "pg_ctl",
                 &[
                     "-D",
-                    &cluster.path_str(),
+                    &pgdata.to_string_lossy(),
                     "-l",
                     &log.to_string_lossy(),
                     "-o",
@@ -95,11 +101,50 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// Superuser URL of the `postgres` database.
+    /// The superuser's password, made on first use and readable by its owner only.
+    fn load_or_make_password(&self) -> anyhow::Result<String> {
+        let path = self.data_dir.join(PASSWORD_FILE);
+        if let Ok(existing) = fs::read_to_string(&path) {
+            return Ok(existing.trim().to_owned());
+        }
+        let password = random_hex(24)?;
+        fs::write(&path, format!("{password}\n"))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        if let Some(user) = &self.run_as {
+            // initdb, running as that user, reads it.
+            let (uid, gid) = user_ids(user)?;
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+        }
+        Ok(password)
+    }
+
+    /// The remembered port, or a free one when there is none or another program took it.
+    fn choose_port(&self) -> anyhow::Result<u16> {
+        let path = self.data_dir.join("port");
+        let remembered: Option<u16> = fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        if let Some(port) = remembered {
+            let ours = self.pgdata().join("postmaster.pid").exists();
+            let free = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
+            if ours || free {
+                return Ok(port);
+            }
+        }
+        let port = free_port()?;
+        fs::write(&path, port.to_string())?;
+        Ok(port)
+    }
+
+    fn pgdata(&self) -> PathBuf {
+        self.data_dir.join("pgdata")
+    }
+
+    /// Superuser URL of the `postgres` database (it holds the password).
     pub fn admin_url(&self) -> SecretString {
         SecretString::from(format!(
-            "postgres://postgres@127.0.0.1:{}/postgres",
-            self.port
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            self.password, self.port
         ))
     }
 
@@ -113,21 +158,18 @@ impl LocalCluster {
 
     /// Stops the server, waiting for it to finish (fast shutdown: sessions are disconnected).
     pub fn stop(&self) -> anyhow::Result<()> {
+        let pgdata = self.pgdata();
         self.run(
             "pg_ctl",
-            &["-D", &self.path_str(), "-m", "fast", "-w", "stop"],
+            &["-D", &pgdata.to_string_lossy(), "-m", "fast", "-w", "stop"],
         )
         .map(|_| ())
     }
 
     fn accepts_connections(&self) -> bool {
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port);
-        self.data_dir.join("postmaster.pid").exists()
+        self.pgdata().join("postmaster.pid").exists()
             && TcpStream::connect_timeout(&addr.into(), Duration::from_millis(500)).is_ok()
-    }
-
-    fn path_str(&self) -> String {
-        self.data_dir.to_string_lossy().into_owned()
     }
 
     fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
@@ -193,9 +235,17 @@ pub fn find_bin_dir() -> Option<PathBuf> {
 
 /// The user the cluster runs as: none (ourselves) unless we are root.
 fn non_root_user() -> anyhow::Result<Option<String>> {
-    let uid = fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .context("reading our own user id")?;
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u32>()
+                .ok()
+        })
+        .context("reading our own user id (`id -u`)")?;
     if uid != 0 {
         return Ok(None);
     }
@@ -216,6 +266,32 @@ fn user_ids(user: &str) -> anyhow::Result<(u32, u32)> {
         }
     }
     bail!("no user `{user}` in /etc/passwd")
+}
+
+/// PostgreSQL runs as `user`, which must be able to reach `dir` through every folder above it.
+fn check_reachable(dir: &Path, user: &str, uid: u32) -> anyhow::Result<()> {
+    for ancestor in dir.ancestors().skip(1) {
+        let meta = fs::metadata(ancestor)?;
+        let passable = meta.uid() == uid || meta.mode() & 0o001 != 0;
+        if !passable {
+            bail!(
+                "PostgreSQL must run as `{user}` (it refuses root), and `{user}` cannot reach {} \
+                 because {} is closed to other users; choose a data folder it can reach (for \
+                 example under /tmp) or run as a non-root user",
+                dir.display(),
+                ancestor.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `bytes` random bytes as hex, from the kernel's generator.
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut buffer = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")?.read_exact(&mut buffer)?;
+    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -240,7 +316,7 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let data = dir.path().join("pgdata");
+        let data = dir.path().join("cluster");
         let cluster = LocalCluster::start(&data).unwrap();
         assert!(cluster.accepts_connections());
 

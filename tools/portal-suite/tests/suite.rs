@@ -98,7 +98,9 @@ struct KillOnDrop(u32);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
         }
     }
 }
@@ -211,7 +213,7 @@ async fn without_a_configured_database_the_suite_runs_its_own_postgres() {
     let _guard = KillOnDrop(child.id());
     let (listening, lines) = wait_until_up(&mut child);
     assert_all_serving(&listening).await;
-    let pg_data = data_dir.join("postgres");
+    let pg_data = data_dir.join("postgres").join("pgdata");
     assert!(
         pg_data.join("PG_VERSION").exists(),
         "the data folder is kept"
