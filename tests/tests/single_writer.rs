@@ -42,12 +42,14 @@ fn start_replica(
                     .fetch_one(&mut *conn)
                     .await?;
                 sessions.lock().unwrap().insert(id, pid);
+                // Periodic work, as a sweeper does: one write every 10 ms.
+                let mut every = tokio::time::interval(Duration::from_millis(10));
                 loop {
+                    every.tick().await;
                     sqlx::query("INSERT INTO approval.test_writer_log (replica) VALUES ($1)")
                         .bind(i32::try_from(id).unwrap())
                         .execute(&mut *conn)
                         .await?;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             })
         })
