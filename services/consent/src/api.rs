@@ -12,12 +12,22 @@ use portal_proto::consent::v1::{
     EffectiveDocuments, GetEffectiveDocumentsRequest, ListDocumentVersionsRequest,
     ListDocumentVersionsResponse, PolicyDocument, Precedence, PublishDocumentVersionRequest,
 };
+use std::sync::Arc;
+
+use portal_platform::auth::Caller;
+use portal_platform::auth::keys::TokenSigner;
+use portal_proto::consent::v1::{
+    Action, ConsentReceipt, ConsentRecord, ConsentState, GetConsentStateRequest,
+    ListConsentRecordsRequest, ListConsentRecordsResponse, ListSigningKeysRequest,
+    ListSigningKeysResponse, RecipientConsent, RecordConsentRequest, Scope, SigningKey,
+};
+use prost::Message;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::SERVICE;
-use crate::domain::{self, DocumentKind};
-use crate::store::{self, DocumentRow};
+use crate::domain::{self, ConsentBasis, DocumentKind, Subject};
+use crate::store::{self, DocumentRow, EntryRow, NewEntry};
 
 /// Art. 6, stated with every answer about documents in force.
 const PRECEDENCE_EXPLANATION: &str = "Article 6: in case of any conflict between the Terms and \
@@ -27,13 +37,31 @@ const PRECEDENCE_EXPLANATION: &str = "Article 6: in case of any conflict between
 pub struct ConsentServiceApi {
     /// Connections as `consent_app`.
     pool: PgPool,
+    /// Signs consent receipts.
+    signer: Option<Arc<TokenSigner>>,
 }
 
 impl ConsentServiceApi {
     pub fn new(context: ServiceContext) -> Self {
-        Self { pool: context.pool }
+        Self {
+            pool: context.pool,
+            signer: context.signer,
+        }
+    }
+
+    fn signer(&self) -> Result<Arc<TokenSigner>, ApiError> {
+        self.signer.clone().ok_or_else(|| {
+            tracing::error!("no auth.signing_key: consent receipts cannot be signed");
+            ApiError::unavailable(
+                "SIGNING_KEY_MISSING",
+                "consent receipts cannot be signed now",
+            )
+        })
     }
 }
+
+/// The only service that records Art. 5.1 consent and full withdrawals (API.md call graph).
+const IDENTITY_SERVICE: &str = "services/identity";
 
 /// Every error leaves with the consent service's `ErrorInfo` domain.
 fn status(error: ApiError) -> Status {
@@ -143,6 +171,264 @@ impl ConsentService for ConsentServiceApi {
             upcoming_privacy_policy,
         }))
     }
+
+    async fn record_consent(
+        &self,
+        request: Request<RecordConsentRequest>,
+    ) -> Result<Response<ConsentRecord>, Status> {
+        let caller = auth::caller(&request).map_err(status)?.clone();
+        let body = request.get_ref();
+        let consent = domain::new_consent(body, Utc::now()).map_err(status)?;
+        may_record(&caller, &consent).map_err(status)?;
+        let signer = self.signer().map_err(status)?;
+        let key = RequestKey {
+            caller: &caller.subject,
+            method: "portal.consent.v1.ConsentService/RecordConsent",
+            request_id: &body.request_id,
+        };
+        let request_id = body.request_id.clone();
+        let recorded_by = caller.subject.clone();
+        let record = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
+            Box::pin(async move {
+                let subject = &consent.subject;
+                let state = store::lock_subject(tx, &subject.name, &subject.tenant).await?;
+                if state.withdrawn {
+                    return Err(ApiError::failed_precondition(
+                        "SUBJECT_WITHDRAWN",
+                        "the subject withdrew all consent by deleting their registration (Art. 5.3)",
+                    ));
+                }
+                let terms = store::in_force_now(tx, DocumentKind::Terms)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::failed_precondition(
+                            "NO_TERMS_IN_FORCE",
+                            "no terms version is in force: nothing can be consented to",
+                        )
+                    })?;
+                if consent.expected_terms_version != 0 && consent.expected_terms_version != terms {
+                    return Err(ApiError::failed_precondition(
+                        "TERMS_VERSION_MISMATCH",
+                        format!("the terms version in force is {terms}"),
+                    ));
+                }
+                // Consent already in force for this terms version or recipient: nothing to add.
+                let existing = if consent.basis.is_article_5_1() {
+                    state
+                        .basis_record
+                        .filter(|_| state.active && state.consented_terms_version == terms)
+                } else {
+                    store::explicit_consent(tx, &subject.name, &consent.recipient_entity).await?
+                };
+                if let Some(id) = existing {
+                    let entry = store::entry_by_id(tx, id).await?.ok_or_else(|| {
+                        ApiError::internal("a consent in force has no ledger entry")
+                    })?;
+                    return served(entry);
+                }
+                let privacy_policy = store::in_force_now(tx, DocumentKind::PrivacyPolicy)
+                    .await?
+                    .unwrap_or(0);
+                let sequence = store::next_sequence(tx).await?;
+                let id = uuid::Uuid::now_v7();
+                let now = Utc::now();
+                let record = ConsentRecord {
+                    name: format!("consentRecords/{id}"),
+                    subject: subject.name.clone(),
+                    tenant: subject.tenant.clone(),
+                    action: Action::Given.into(),
+                    basis: consent.basis.to_proto().into(),
+                    scopes: consent.scopes.iter().map(|s| *s as i32).collect(),
+                    recipient_entity: consent.recipient_entity.clone(),
+                    evidence: consent.evidence.clone(),
+                    terms_version: terms,
+                    privacy_policy_version: privacy_policy,
+                    precedence: Precedence::TermsOverPrivacyPolicy.into(),
+                    reason: String::new(),
+                    record_time: Some(to_timestamp(now)),
+                    sequence,
+                    receipt: None,
+                    request_id,
+                    recorded_by,
+                    full_withdrawal: false,
+                };
+                let (payload, signature) = sign(&signer, &record);
+                store::append(
+                    tx,
+                    &NewEntry {
+                        sequence,
+                        id,
+                        subject: &subject.name,
+                        action: "given",
+                        basis: consent.basis.as_str(),
+                        terms_version: terms,
+                        recipient_entity: &consent.recipient_entity,
+                        record_time: now,
+                        payload: &payload,
+                        signature: &signature,
+                        key_id: signer.key_id(),
+                    },
+                )
+                .await?;
+                if consent.basis.is_article_5_1() {
+                    store::record_given_5_1(tx, &subject.name, terms, id, sequence).await?;
+                } else {
+                    store::record_given_explicit(
+                        tx,
+                        &subject.name,
+                        &consent.recipient_entity,
+                        id,
+                        now,
+                        sequence,
+                    )
+                    .await?;
+                }
+                Ok(with_receipt(record, payload, signature, signer.key_id()))
+            })
+        })
+        .await
+        .map_err(status)?;
+        tracing::info!(record = %record.name, "consent recorded");
+        Ok(Response::new(record))
+    }
+
+    async fn get_consent_state(
+        &self,
+        request: Request<GetConsentStateRequest>,
+    ) -> Result<Response<ConsentState>, Status> {
+        let caller = auth::caller(&request).map_err(status)?;
+        let subject = domain::subject(&request.get_ref().subject, "subject").map_err(status)?;
+        may_read(caller, &subject).map_err(status)?;
+        let db = |e: sqlx::Error| status(e.into());
+        let state = store::state(&self.pool, &subject.name)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| status(subject_not_found()))?;
+        let current = store::in_force(&self.pool, DocumentKind::Terms, Utc::now())
+            .await
+            .map_err(db)?
+            .map_or(0, |row| row.version);
+        let explicit = store::explicit_consents(&self.pool, &subject.name)
+            .await
+            .map_err(db)?;
+        let reconsent_pending = state.active && current > state.consented_terms_version;
+        let material_change_pending = reconsent_pending
+            && store::material_change_since(&self.pool, state.consented_terms_version)
+                .await
+                .map_err(db)?;
+        let mut active_scopes = Vec::new();
+        if state.active {
+            active_scopes.extend([Scope::JointUse as i32, Scope::CrossBorderTransfer as i32]);
+        }
+        if !explicit.is_empty() {
+            active_scopes.push(Scope::ThirdPartyDisclosure as i32);
+        }
+        let last_record = match store::entry_by_sequence(&self.pool, state.last_sequence)
+            .await
+            .map_err(db)?
+        {
+            Some(entry) => Some(served(entry).map_err(status)?),
+            None => None,
+        };
+        Ok(Response::new(ConsentState {
+            subject: state.subject,
+            tenant: state.tenant,
+            active: state.active,
+            consented_terms_version: state.consented_terms_version,
+            current_terms_version: current,
+            reconsent_pending,
+            material_change_pending,
+            active_scopes,
+            explicit_recipients: explicit
+                .into_iter()
+                .map(|(recipient_entity, record, time)| RecipientConsent {
+                    recipient_entity,
+                    consent_record: format!("consentRecords/{record}"),
+                    record_time: Some(to_timestamp(time)),
+                })
+                .collect(),
+            withdrawn: state.withdrawn,
+            withdraw_time: state.withdraw_time.map(to_timestamp),
+            last_record,
+        }))
+    }
+
+    async fn list_consent_records(
+        &self,
+        request: Request<ListConsentRecordsRequest>,
+    ) -> Result<Response<ListConsentRecordsResponse>, Status> {
+        let caller = auth::caller(&request).map_err(status)?;
+        let body = request.get_ref();
+        let subject = if body.subject.is_empty() {
+            // The whole ledger is for staff only.
+            caller
+                .require_kind(&[Kind::Operator, Kind::Auditor])
+                .map_err(|_| {
+                    status(
+                        ApiError::invalid_argument("INVALID_REQUEST", "subject is required")
+                            .violation("subject", "required"),
+                    )
+                })?;
+            None
+        } else {
+            let subject = domain::subject(&body.subject, "subject").map_err(status)?;
+            may_read(caller, &subject).map_err(status)?;
+            Some(subject)
+        };
+        let size = paging::page_size(body.page_size).map_err(status)?;
+        let fingerprint = format!("subject={}", body.subject);
+        let after: i64 = paging::decode_token(&body.page_token, &fingerprint)
+            .map_err(status)?
+            .unwrap_or(0);
+        let mut rows = store::entries(
+            &self.pool,
+            subject.as_ref().map(|s| s.name.as_str()),
+            after,
+            size,
+        )
+        .await
+        .map_err(|e| status(e.into()))?;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last()
+                .map(|last| paging::encode_token(&last.sequence, &fingerprint))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let consent_records = rows
+            .into_iter()
+            .map(served)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(status)?;
+        Ok(Response::new(ListConsentRecordsResponse {
+            consent_records,
+            next_page_token,
+        }))
+    }
+
+    async fn list_signing_keys(
+        &self,
+        request: Request<ListSigningKeysRequest>,
+    ) -> Result<Response<ListSigningKeysResponse>, Status> {
+        auth::caller(&request).map_err(status)?;
+        paging::page_size(request.get_ref().page_size).map_err(status)?;
+        let signing_keys = self
+            .signer
+            .iter()
+            .map(|signer| SigningKey {
+                key_id: signer.key_id().to_owned(),
+                algorithm: "Ed25519".to_owned(),
+                public_key: signer.verifying_key().to_bytes().to_vec(),
+                create_time: None,
+                expire_time: None,
+            })
+            .collect();
+        Ok(Response::new(ListSigningKeysResponse {
+            signing_keys,
+            next_page_token: String::new(),
+        }))
+    }
 }
 
 fn to_proto(row: DocumentRow) -> PolicyDocument {
@@ -161,4 +447,91 @@ fn to_proto(row: DocumentRow) -> PolicyDocument {
         publish_time: Some(to_timestamp(row.publish_time)),
         published_by: row.published_by,
     }
+}
+
+/// Who may record a consent: identity for Art. 5.1 (registration, activation, sign-in), the
+/// subject themself for an explicit third-party consent (Art. 4).
+fn may_record(caller: &Caller, consent: &domain::NewConsent) -> Result<(), ApiError> {
+    match consent.basis {
+        ConsentBasis::DeemedByUse | ConsentBasis::ContractPartyAttestation => {
+            if caller.kind == Kind::Service && caller.subject == IDENTITY_SERVICE {
+                Ok(())
+            } else {
+                Err(not_allowed())
+            }
+        }
+        ConsentBasis::Explicit => {
+            if caller.kind != Kind::User {
+                return Err(not_allowed());
+            }
+            if caller.tenant.as_deref() != Some(consent.subject.tenant.as_str()) {
+                return Err(subject_not_found());
+            }
+            if caller.subject == consent.subject.name {
+                Ok(())
+            } else {
+                Err(not_allowed())
+            }
+        }
+    }
+}
+
+/// Who may read a subject's consent: staff and services; the subject themself; an admin of
+/// their tenant. Another tenant's subject does not exist for a user.
+fn may_read(caller: &Caller, subject: &Subject) -> Result<(), ApiError> {
+    if caller.kind != Kind::User {
+        return Ok(());
+    }
+    if caller.tenant.as_deref() != Some(subject.tenant.as_str()) {
+        return Err(subject_not_found());
+    }
+    if caller.subject == subject.name || caller.has_role("TENANT_ADMIN") {
+        Ok(())
+    } else {
+        Err(not_allowed())
+    }
+}
+
+fn not_allowed() -> ApiError {
+    ApiError::permission_denied("CALLER_NOT_ALLOWED", "this caller may not do this")
+}
+
+fn subject_not_found() -> ApiError {
+    ApiError::not_found(
+        "SUBJECT_NOT_FOUND",
+        "no consent is recorded for this subject",
+    )
+}
+
+/// Signs the record's encoding (without a receipt): these bytes are the receipt's payload.
+fn sign(signer: &TokenSigner, record: &ConsentRecord) -> (Vec<u8>, Vec<u8>) {
+    let payload = record.encode_to_vec();
+    let signature = signer.sign_bytes(&payload).to_vec();
+    (payload, signature)
+}
+
+fn with_receipt(
+    mut record: ConsentRecord,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+    key_id: &str,
+) -> ConsentRecord {
+    record.receipt = Some(ConsentReceipt {
+        payload,
+        signature,
+        key_id: key_id.to_owned(),
+    });
+    record
+}
+
+/// A stored entry as served: the signed record itself, with its receipt.
+fn served(entry: EntryRow) -> Result<ConsentRecord, ApiError> {
+    let record = ConsentRecord::decode(entry.payload.as_slice())
+        .map_err(|e| ApiError::internal(format_args!("ledger entry {}: {e}", entry.sequence)))?;
+    Ok(with_receipt(
+        record,
+        entry.payload,
+        entry.signature,
+        &entry.key_id,
+    ))
 }

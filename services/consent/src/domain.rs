@@ -1,10 +1,11 @@
-//! The consent service's rules, free of I/O: what a publishable document version is (Art. 6, 7).
+//! The consent service's rules, free of I/O: what a publishable document version is (Art. 6,
+//! 7) and what a consent request must hold (Art. 4, 5).
 
 use chrono::{DateTime, Duration, Utc};
 use portal_platform::ApiError;
 use portal_platform::time::from_timestamp;
-use portal_proto::consent::v1::PolicyDocument;
 use portal_proto::consent::v1::policy_document::Kind;
+use portal_proto::consent::v1::{Attestation, Basis, PolicyDocument, RecordConsentRequest, Scope};
 
 /// How far in the past a new version may take effect: clock skew between operator and server.
 const BACKDATING_TOLERANCE: Duration = Duration::minutes(5);
@@ -118,8 +119,13 @@ pub fn new_document(
         Some(t) => from_timestamp(t, field),
         None => Ok(now),
     };
-    let announce_time = time("document.announce_time", &document.announce_time)?;
     let effective_time = time("document.effective_time", &document.effective_time)?;
+    // Unannounced, a version counts as announced when published, or when it takes effect if
+    // that is (within the clock-skew tolerance) a moment earlier.
+    let announce_time = match &document.announce_time {
+        Some(t) => from_timestamp(t, "document.announce_time")?,
+        None => now.min(effective_time),
+    };
     if announce_time > effective_time {
         problems.push((
             "document.effective_time",
@@ -246,4 +252,191 @@ mod tests {
         next.change_summary = "Clarifies Article 3.3".into();
         assert!(follows(&next, Some(latest)).is_ok());
     }
+}
+
+/// A Portal User named by their identity resource name, and their tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub name: String,
+    pub tenant: String,
+}
+
+/// Parses `tenants/{tenant}/users/{user}` (ids are UUIDs); `field` names it in the violation.
+pub fn subject(name: &str, field: &str) -> Result<Subject, ApiError> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let valid = matches!(
+        parts.as_slice(),
+        ["tenants", tenant, "users", user]
+            if uuid::Uuid::parse_str(tenant).is_ok() && uuid::Uuid::parse_str(user).is_ok()
+    );
+    if !valid {
+        return Err(invalid(vec![(
+            field,
+            "must be a user name, tenants/{tenant}/users/{user}".into(),
+        )]));
+    }
+    Ok(Subject {
+        name: name.to_owned(),
+        tenant: format!("tenants/{}", parts[1]),
+    })
+}
+
+/// The ground of a given consent, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentBasis {
+    DeemedByUse,
+    ContractPartyAttestation,
+    Explicit,
+}
+
+impl ConsentBasis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DeemedByUse => "deemed_by_use",
+            Self::ContractPartyAttestation => "contract_party_attestation",
+            Self::Explicit => "explicit",
+        }
+    }
+
+    pub fn to_proto(self) -> Basis {
+        match self {
+            Self::DeemedByUse => Basis::DeemedByUse,
+            Self::ContractPartyAttestation => Basis::ContractPartyAttestation,
+            Self::Explicit => Basis::Explicit,
+        }
+    }
+
+    /// Art. 5.1 consent (deemed or attested), as opposed to Art. 4 explicit consent.
+    pub fn is_article_5_1(self) -> bool {
+        !matches!(self, Self::Explicit)
+    }
+}
+
+/// A consent request that passed every check needing no stored state.
+#[derive(Debug, Clone)]
+pub struct NewConsent {
+    pub subject: Subject,
+    pub basis: ConsentBasis,
+    pub scopes: Vec<Scope>,
+    pub recipient_entity: String,
+    pub evidence: Option<Attestation>,
+    pub expected_terms_version: i64,
+}
+
+/// Checks a RecordConsent request: the scopes, recipient and evidence must fit the basis.
+pub fn new_consent(
+    request: &RecordConsentRequest,
+    now: DateTime<Utc>,
+) -> Result<NewConsent, ApiError> {
+    let subject = subject(&request.subject, "subject")?;
+    let mut problems: Vec<(&str, String)> = Vec::new();
+    if !request.tenant.is_empty() && request.tenant != subject.tenant {
+        problems.push(("tenant", "must be the tenant of subject".into()));
+    }
+    let basis = match Basis::try_from(request.basis) {
+        Ok(Basis::DeemedByUse) => Some(ConsentBasis::DeemedByUse),
+        Ok(Basis::ContractPartyAttestation) => Some(ConsentBasis::ContractPartyAttestation),
+        Ok(Basis::Explicit) => Some(ConsentBasis::Explicit),
+        _ => {
+            problems.push((
+                "basis",
+                "must be DEEMED_BY_USE, CONTRACT_PARTY_ATTESTATION or EXPLICIT".into(),
+            ));
+            None
+        }
+    };
+    let mut scopes: Vec<Scope> = request
+        .scopes
+        .iter()
+        .map(|s| Scope::try_from(*s).unwrap_or(Scope::Unspecified))
+        .collect();
+    scopes.sort_by_key(|s| *s as i32);
+    scopes.dedup();
+    let article_5_1 = vec![Scope::JointUse, Scope::CrossBorderTransfer];
+    match basis {
+        Some(ConsentBasis::DeemedByUse | ConsentBasis::ContractPartyAttestation) => {
+            if scopes.is_empty() {
+                scopes = article_5_1.clone();
+            }
+            if scopes != article_5_1 {
+                problems.push((
+                    "scopes",
+                    "must be JOINT_USE and CROSS_BORDER_TRANSFER (or empty)".into(),
+                ));
+            }
+            if !request.recipient_entity.is_empty() {
+                problems.push((
+                    "recipient_entity",
+                    "only with THIRD_PARTY_DISCLOSURE".into(),
+                ));
+            }
+        }
+        Some(ConsentBasis::Explicit) => {
+            if scopes != [Scope::ThirdPartyDisclosure] {
+                problems.push(("scopes", "must be exactly THIRD_PARTY_DISCLOSURE".into()));
+            }
+            if !is_entity_name(&request.recipient_entity) {
+                problems.push(("recipient_entity", "required: entities/{entity}".into()));
+            }
+        }
+        None => {}
+    }
+    let attested = basis == Some(ConsentBasis::ContractPartyAttestation);
+    match (&request.evidence, attested) {
+        (Some(evidence), true) => problems.extend(attestation_problems(evidence, now)),
+        (None, true) => {
+            problems.push(("evidence", "required for CONTRACT_PARTY_ATTESTATION".into()))
+        }
+        (Some(_), false) => {
+            problems.push(("evidence", "only for CONTRACT_PARTY_ATTESTATION".into()))
+        }
+        (None, false) => {}
+    }
+    if request.expected_terms_version < 0 {
+        problems.push(("expected_terms_version", "must not be negative".into()));
+    }
+    match (basis, problems.is_empty()) {
+        (Some(basis), true) => Ok(NewConsent {
+            subject,
+            basis,
+            scopes,
+            recipient_entity: request.recipient_entity.clone(),
+            evidence: request.evidence.clone(),
+            expected_terms_version: request.expected_terms_version,
+        }),
+        _ => Err(invalid(problems)),
+    }
+}
+
+/// `entities/{entity}` with a UUID id.
+pub fn is_entity_name(name: &str) -> bool {
+    name.strip_prefix("entities/")
+        .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+}
+
+fn attestation_problems(evidence: &Attestation, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    let by = evidence.attested_by.chars().count();
+    if by == 0 || by > 256 {
+        problems.push(("evidence.attested_by", "must be 1-256 characters".into()));
+    }
+    match evidence
+        .attest_time
+        .as_ref()
+        .map(|t| from_timestamp(t, "evidence.attest_time"))
+    {
+        Some(Ok(time)) if time <= now + BACKDATING_TOLERANCE => {}
+        Some(Ok(_)) => problems.push(("evidence.attest_time", "must not be in the future".into())),
+        _ => problems.push(("evidence.attest_time", "required, a valid time".into())),
+    }
+    let uri_ok = evidence.evidence_uri.len() <= 2048
+        && url::Url::parse(&evidence.evidence_uri)
+            .is_ok_and(|u| u.scheme() == "urn" || (u.scheme() == "https" && u.has_host()));
+    if !uri_ok {
+        problems.push((
+            "evidence.evidence_uri",
+            "must be an absolute https or urn URI".into(),
+        ));
+    }
+    problems
 }

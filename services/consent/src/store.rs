@@ -162,3 +162,251 @@ pub fn position(row: &DocumentRow) -> DocumentPosition {
         version: row.version,
     }
 }
+
+/// A subject's current consent, as maintained beside the ledger.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StateRow {
+    pub subject: String,
+    pub tenant: String,
+    pub active: bool,
+    pub consented_terms_version: i64,
+    pub basis_record: Option<uuid::Uuid>,
+    pub withdrawn: bool,
+    pub withdraw_time: Option<DateTime<Utc>>,
+    pub last_sequence: i64,
+}
+
+const STATE_COLUMNS: &str = "subject, tenant, active, consented_terms_version, basis_record, \
+    withdrawn, withdraw_time, last_sequence";
+
+/// The subject's state row, created if missing and locked until the transaction ends: every
+/// entry of one subject is written one after the other.
+pub async fn lock_subject(
+    conn: &mut PgConnection,
+    subject: &str,
+    tenant: &str,
+) -> Result<StateRow, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO consent.subject_state (subject, tenant) VALUES ($1, $2) \
+         ON CONFLICT (subject) DO NOTHING",
+    )
+    .bind(subject)
+    .bind(tenant)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {STATE_COLUMNS} FROM consent.subject_state WHERE subject = $1 FOR UPDATE"
+    )))
+    .bind(subject)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn state(pool: &PgPool, subject: &str) -> Result<Option<StateRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {STATE_COLUMNS} FROM consent.subject_state WHERE subject = $1 AND last_sequence > 0"
+    )))
+    .bind(subject)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The version of `kind` in force now, read inside the caller's transaction.
+pub async fn in_force_now(
+    conn: &mut PgConnection,
+    kind: DocumentKind,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT version FROM consent.documents WHERE kind = $1 AND effective_time <= now() \
+         ORDER BY effective_time DESC LIMIT 1",
+    )
+    .bind(kind.segment())
+    .fetch_optional(conn)
+    .await
+}
+
+/// Whether any terms version after `after`, up to the one in force, changed materially.
+pub async fn material_change_since(pool: &PgPool, after: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM consent.documents WHERE kind = 'terms' AND version > $1 \
+         AND effective_time <= now() AND material_change)",
+    )
+    .bind(after)
+    .fetch_one(pool)
+    .await
+}
+
+/// The next ledger position, taken before the entry is signed so the signature covers it.
+pub async fn next_sequence(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT nextval('consent.ledger_sequence')")
+        .fetch_one(conn)
+        .await
+}
+
+/// One ledger entry as stored: the signed record's bytes and their signature.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EntryRow {
+    pub sequence: i64,
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub key_id: String,
+}
+
+/// What a new entry is indexed by, besides its signed bytes.
+#[derive(Debug)]
+pub struct NewEntry<'a> {
+    pub sequence: i64,
+    pub id: uuid::Uuid,
+    pub subject: &'a str,
+    pub action: &'a str,
+    pub basis: &'a str,
+    pub terms_version: i64,
+    pub recipient_entity: &'a str,
+    pub record_time: DateTime<Utc>,
+    pub payload: &'a [u8],
+    pub signature: &'a [u8],
+    pub key_id: &'a str,
+}
+
+pub async fn append(conn: &mut PgConnection, entry: &NewEntry<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO consent.ledger (sequence, id, subject, action, basis, terms_version, \
+             recipient_entity, record_time, payload, signature, key_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(entry.sequence)
+    .bind(entry.id)
+    .bind(entry.subject)
+    .bind(entry.action)
+    .bind(entry.basis)
+    .bind(entry.terms_version)
+    .bind(entry.recipient_entity)
+    .bind(entry.record_time)
+    .bind(entry.payload)
+    .bind(entry.signature)
+    .bind(entry.key_id)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+pub async fn entry_by_id(
+    conn: &mut PgConnection,
+    id: uuid::Uuid,
+) -> Result<Option<EntryRow>, sqlx::Error> {
+    sqlx::query_as("SELECT sequence, payload, signature, key_id FROM consent.ledger WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// After an Art. 5.1 consent: the subject's consent is active under `terms_version`.
+pub async fn record_given_5_1(
+    conn: &mut PgConnection,
+    subject: &str,
+    terms_version: i64,
+    record: uuid::Uuid,
+    sequence: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE consent.subject_state SET active = true, \
+             consented_terms_version = GREATEST(consented_terms_version, $2), \
+             basis_record = $3, last_sequence = $4 WHERE subject = $1",
+    )
+    .bind(subject)
+    .bind(terms_version)
+    .bind(record)
+    .bind(sequence)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// After an explicit consent: it is in force for its recipient.
+pub async fn record_given_explicit(
+    conn: &mut PgConnection,
+    subject: &str,
+    recipient: &str,
+    record: uuid::Uuid,
+    record_time: DateTime<Utc>,
+    sequence: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO consent.explicit_consents (subject, recipient_entity, record, record_time) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(subject)
+    .bind(recipient)
+    .bind(record)
+    .bind(record_time)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE consent.subject_state SET last_sequence = $2 WHERE subject = $1")
+        .bind(subject)
+        .bind(sequence)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// The explicit consent in force for `recipient`, if any.
+pub async fn explicit_consent(
+    conn: &mut PgConnection,
+    subject: &str,
+    recipient: &str,
+) -> Result<Option<uuid::Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT record FROM consent.explicit_consents WHERE subject = $1 AND recipient_entity = $2",
+    )
+    .bind(subject)
+    .bind(recipient)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The explicit consents in force, oldest first.
+pub async fn explicit_consents(
+    pool: &PgPool,
+    subject: &str,
+) -> Result<Vec<(String, uuid::Uuid, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT recipient_entity, record, record_time FROM consent.explicit_consents \
+         WHERE subject = $1 ORDER BY record_time, recipient_entity",
+    )
+    .bind(subject)
+    .fetch_all(pool)
+    .await
+}
+
+/// One page of ledger entries (of `subject`, or all), oldest first, after `after`, with one
+/// extra row to tell whether another page follows.
+pub async fn entries(
+    pool: &PgPool,
+    subject: Option<&str>,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<EntryRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sequence, payload, signature, key_id FROM consent.ledger \
+         WHERE ($1::text IS NULL OR subject = $1) AND sequence > $2 \
+         ORDER BY sequence LIMIT $3",
+    )
+    .bind(subject)
+    .bind(after)
+    .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+}
+
+/// The last entry of a subject.
+pub async fn entry_by_sequence(
+    pool: &PgPool,
+    sequence: i64,
+) -> Result<Option<EntryRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sequence, payload, signature, key_id FROM consent.ledger WHERE sequence = $1",
+    )
+    .bind(sequence)
+    .fetch_optional(pool)
+    .await
+}

@@ -201,6 +201,12 @@ impl TokenSigner {
         self.key.verifying_key()
     }
 
+    /// An Ed25519 signature over `message` (receipts, checkpoints), by this key.
+    pub fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.key.sign(message).to_bytes()
+    }
+
     /// A token for `subject` valid for `ttl_secs` from now (at most a week).
     pub fn mint(
         &self,
