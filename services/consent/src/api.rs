@@ -16,17 +16,19 @@ use std::sync::Arc;
 
 use portal_platform::auth::Caller;
 use portal_platform::auth::keys::TokenSigner;
+use portal_proto::consent::v1::consent_decision::Reason;
 use portal_proto::consent::v1::{
-    Action, ConsentReceipt, ConsentRecord, ConsentState, GetConsentStateRequest,
-    ListConsentRecordsRequest, ListConsentRecordsResponse, ListSigningKeysRequest,
-    ListSigningKeysResponse, RecipientConsent, RecordConsentRequest, Scope, SigningKey,
+    Action, Basis, CheckConsentRequest, ConsentDecision, ConsentReceipt, ConsentRecord,
+    ConsentState, GetConsentStateRequest, ListConsentRecordsRequest, ListConsentRecordsResponse,
+    ListSigningKeysRequest, ListSigningKeysResponse, RecipientConsent, RecordConsentRequest, Scope,
+    SigningKey, WithdrawConsentRequest,
 };
 use prost::Message;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::SERVICE;
-use crate::domain::{self, ConsentBasis, DocumentKind, Subject};
+use crate::domain::{self, ConsentBasis, DocumentKind, Subject, Withdrawal};
 use crate::store::{self, DocumentRow, EntryRow, NewEntry};
 
 /// Art. 6, stated with every answer about documents in force.
@@ -226,14 +228,7 @@ impl ConsentService for ConsentServiceApi {
                     })?;
                     return served(entry);
                 }
-                let privacy_policy = store::in_force_now(tx, DocumentKind::PrivacyPolicy)
-                    .await?
-                    .unwrap_or(0);
-                let sequence = store::next_sequence(tx).await?;
-                let id = uuid::Uuid::now_v7();
-                let now = Utc::now();
                 let record = ConsentRecord {
-                    name: format!("consentRecords/{id}"),
                     subject: subject.name.clone(),
                     tenant: subject.tenant.clone(),
                     action: Action::Given.into(),
@@ -242,34 +237,13 @@ impl ConsentService for ConsentServiceApi {
                     recipient_entity: consent.recipient_entity.clone(),
                     evidence: consent.evidence.clone(),
                     terms_version: terms,
-                    privacy_policy_version: privacy_policy,
-                    precedence: Precedence::TermsOverPrivacyPolicy.into(),
-                    reason: String::new(),
-                    record_time: Some(to_timestamp(now)),
-                    sequence,
-                    receipt: None,
                     request_id,
                     recorded_by,
-                    full_withdrawal: false,
+                    ..ConsentRecord::default()
                 };
-                let (payload, signature) = sign(&signer, &record);
-                store::append(
-                    tx,
-                    &NewEntry {
-                        sequence,
-                        id,
-                        subject: &subject.name,
-                        action: "given",
-                        basis: consent.basis.as_str(),
-                        terms_version: terms,
-                        recipient_entity: &consent.recipient_entity,
-                        record_time: now,
-                        payload: &payload,
-                        signature: &signature,
-                        key_id: signer.key_id(),
-                    },
-                )
-                .await?;
+                let (record, id, now) =
+                    append_entry(tx, &signer, record, consent.basis.as_str()).await?;
+                let sequence = record.sequence;
                 if consent.basis.is_article_5_1() {
                     store::record_given_5_1(tx, &subject.name, terms, id, sequence).await?;
                 } else {
@@ -279,17 +253,158 @@ impl ConsentService for ConsentServiceApi {
                         &consent.recipient_entity,
                         id,
                         now,
+                        terms,
                         sequence,
                     )
                     .await?;
                 }
-                Ok(with_receipt(record, payload, signature, signer.key_id()))
+                Ok(record)
             })
         })
         .await
         .map_err(status)?;
         tracing::info!(record = %record.name, "consent recorded");
         Ok(Response::new(record))
+    }
+
+    async fn withdraw_consent(
+        &self,
+        request: Request<WithdrawConsentRequest>,
+    ) -> Result<Response<ConsentRecord>, Status> {
+        let caller = auth::caller(&request).map_err(status)?.clone();
+        let body = request.get_ref();
+        let (subject, form) = domain::withdrawal(body).map_err(status)?;
+        may_withdraw(&caller, &subject, &form).map_err(status)?;
+        let signer = self.signer().map_err(status)?;
+        let key = RequestKey {
+            caller: &caller.subject,
+            method: "portal.consent.v1.ConsentService/WithdrawConsent",
+            request_id: &body.request_id,
+        };
+        let (request_id, reason) = (body.request_id.clone(), body.reason.clone());
+        let recorded_by = caller.subject.clone();
+        let record = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
+            Box::pin(async move {
+                let state = store::lock_subject(tx, &subject.name, &subject.tenant).await?;
+                if state.withdrawn {
+                    // A repeated full withdrawal returns the first; nothing else can follow it.
+                    return match (form, state.withdraw_record) {
+                        (Withdrawal::Full, Some(id)) => {
+                            served(store::entry_by_id(tx, id).await?.ok_or_else(|| {
+                                ApiError::internal("a full withdrawal has no ledger entry")
+                            })?)
+                        }
+                        _ => Err(ApiError::failed_precondition(
+                            "SUBJECT_WITHDRAWN",
+                            "the subject withdrew all consent by deleting their registration",
+                        )),
+                    };
+                }
+                let terms = store::in_force_now(tx, DocumentKind::Terms)
+                    .await?
+                    .unwrap_or(0);
+                let mut record = ConsentRecord {
+                    subject: subject.name.clone(),
+                    tenant: subject.tenant.clone(),
+                    action: Action::Withdrawn.into(),
+                    terms_version: terms,
+                    reason,
+                    request_id,
+                    recorded_by,
+                    ..ConsentRecord::default()
+                };
+                match form {
+                    Withdrawal::Explicit { recipient_entity } => {
+                        if store::explicit_consent(tx, &subject.name, &recipient_entity)
+                            .await?
+                            .is_none()
+                        {
+                            return Err(ApiError::failed_precondition(
+                                "NOT_CONSENTED",
+                                "no explicit consent for this recipient is in force",
+                            ));
+                        }
+                        record.basis = Basis::Explicit.into();
+                        record.scopes = vec![Scope::ThirdPartyDisclosure.into()];
+                        record.recipient_entity = recipient_entity.clone();
+                        let (record, id, _) = append_entry(tx, &signer, record, "explicit").await?;
+                        store::record_withdrawn_explicit(
+                            tx,
+                            &subject.name,
+                            &recipient_entity,
+                            id,
+                            record.sequence,
+                        )
+                        .await?;
+                        Ok(record)
+                    }
+                    Withdrawal::Full => {
+                        record.scopes = vec![
+                            Scope::JointUse.into(),
+                            Scope::CrossBorderTransfer.into(),
+                            Scope::ThirdPartyDisclosure.into(),
+                        ];
+                        record.full_withdrawal = true;
+                        let (record, id, now) = append_entry(tx, &signer, record, "").await?;
+                        store::record_full_withdrawal(tx, &subject.name, id, now, record.sequence)
+                            .await?;
+                        Ok(record)
+                    }
+                    Withdrawal::Article51 => Err(ApiError::failed_precondition(
+                        "WITHDRAWAL_REQUIRES_DELETION",
+                        "consent under Article 5.1 is withdrawn by deleting the registration \
+                         (Art. 5.3)",
+                    )),
+                }
+            })
+        })
+        .await
+        .map_err(status)?;
+        tracing::info!(record = %record.name, "consent withdrawn");
+        Ok(Response::new(record))
+    }
+
+    async fn check_consent(
+        &self,
+        request: Request<CheckConsentRequest>,
+    ) -> Result<Response<ConsentDecision>, Status> {
+        let caller = auth::caller(&request).map_err(status)?;
+        caller
+            .require_kind(&[Kind::Service, Kind::Operator, Kind::Auditor])
+            .map_err(status)?;
+        let check = domain::check(request.get_ref()).map_err(status)?;
+        let db = |e: sqlx::Error| status(e.into());
+        let state = store::state(&self.pool, &check.subject.name)
+            .await
+            .map_err(db)?;
+        let terms_in_force = store::in_force(&self.pool, DocumentKind::Terms, Utc::now())
+            .await
+            .map_err(db)?
+            .is_some();
+        let explicit = if check.scope == Scope::ThirdPartyDisclosure {
+            store::explicit_for_decision(&self.pool, &check.subject.name, &check.recipient_entity)
+                .await
+                .map_err(db)?
+        } else {
+            None
+        };
+        let decision = decide(&check, state.as_ref(), terms_in_force, explicit.as_ref());
+        let terms_version = match decision.record {
+            Some(id) => store::entry_terms_version(&self.pool, id)
+                .await
+                .map_err(db)?,
+            None => 0,
+        };
+        Ok(Response::new(ConsentDecision {
+            allowed: decision.allowed,
+            reason: decision.reason.into(),
+            consent_record: decision
+                .record
+                .map(|id| format!("consentRecords/{id}"))
+                .unwrap_or_default(),
+            terms_version,
+            decide_time: Some(to_timestamp(Utc::now())),
+        }))
     }
 
     async fn get_consent_state(
@@ -503,6 +618,54 @@ fn subject_not_found() -> ApiError {
     )
 }
 
+/// Appends `record` to the ledger: gives it its id, position, time and the documents in force,
+/// signs it, and returns it with its receipt.
+async fn append_entry(
+    tx: &mut sqlx::PgConnection,
+    signer: &TokenSigner,
+    mut record: ConsentRecord,
+    basis: &str,
+) -> Result<(ConsentRecord, uuid::Uuid, chrono::DateTime<Utc>), ApiError> {
+    let id = uuid::Uuid::now_v7();
+    let now = Utc::now();
+    record.name = format!("consentRecords/{id}");
+    record.sequence = store::next_sequence(tx).await?;
+    record.record_time = Some(to_timestamp(now));
+    record.precedence = Precedence::TermsOverPrivacyPolicy.into();
+    record.privacy_policy_version = store::in_force_now(tx, DocumentKind::PrivacyPolicy)
+        .await?
+        .unwrap_or(0);
+    record.receipt = None;
+    let (payload, signature) = sign(signer, &record);
+    let action = if record.action() == Action::Withdrawn {
+        "withdrawn"
+    } else {
+        "given"
+    };
+    store::append(
+        tx,
+        &NewEntry {
+            sequence: record.sequence,
+            id,
+            subject: &record.subject,
+            action,
+            basis,
+            terms_version: record.terms_version,
+            recipient_entity: &record.recipient_entity,
+            record_time: now,
+            payload: &payload,
+            signature: &signature,
+            key_id: signer.key_id(),
+        },
+    )
+    .await?;
+    Ok((
+        with_receipt(record, payload, signature, signer.key_id()),
+        id,
+        now,
+    ))
+}
+
 /// Signs the record's encoding (without a receipt): these bytes are the receipt's payload.
 fn sign(signer: &TokenSigner, record: &ConsentRecord) -> (Vec<u8>, Vec<u8>) {
     let payload = record.encode_to_vec();
@@ -534,4 +697,87 @@ fn served(entry: EntryRow) -> Result<ConsentRecord, ApiError> {
         entry.signature,
         &entry.key_id,
     ))
+}
+
+/// What a decision rests on: allowed or not, why, and the ledger entry relied on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Decided {
+    allowed: bool,
+    reason: Reason,
+    record: Option<uuid::Uuid>,
+    /// The terms version of `record`, when the state already says it.
+    terms_version: Option<i64>,
+}
+
+/// The rule table of `docs/consent.md`, in order: a full withdrawal denies everything; with no
+/// terms in force nothing is consented; JOINT_USE and CROSS_BORDER_TRANSFER need the Art. 5.1
+/// consent; THIRD_PARTY_DISCLOSURE needs explicit consent for that recipient (Art. 4).
+fn decide(
+    check: &domain::Check,
+    state: Option<&store::StateRow>,
+    terms_in_force: bool,
+    explicit: Option<&store::ExplicitRow>,
+) -> Decided {
+    let deny = |reason, record| Decided {
+        allowed: false,
+        reason,
+        record,
+        terms_version: None,
+    };
+    let allow = |reason, record, terms_version| Decided {
+        allowed: true,
+        reason,
+        record,
+        terms_version: Some(terms_version),
+    };
+    if let Some(state) = state.filter(|s| s.withdrawn) {
+        return deny(Reason::ConsentWithdrawn, state.withdraw_record);
+    }
+    if !terms_in_force {
+        return deny(Reason::NoTermsInForce, None);
+    }
+    match check.scope {
+        Scope::JointUse | Scope::CrossBorderTransfer => match state {
+            Some(state) if state.active => allow(
+                Reason::ConsentActive,
+                state.basis_record,
+                state.consented_terms_version,
+            ),
+            _ => deny(Reason::NoConsent, None),
+        },
+        _ => match explicit {
+            Some(row) if row.withdrawal_record.is_none() => {
+                allow(Reason::ExplicitConsent, Some(row.record), row.terms_version)
+            }
+            Some(row) => deny(Reason::ExplicitConsentWithdrawn, row.withdrawal_record),
+            None => deny(Reason::NoExplicitConsentForRecipient, None),
+        },
+    }
+}
+
+/// Who may withdraw: the subject themself, one explicit consent at a time; identity alone, for
+/// everything, when the user deletes their registration (Art. 5.3).
+fn may_withdraw(caller: &Caller, subject: &Subject, form: &Withdrawal) -> Result<(), ApiError> {
+    match form {
+        Withdrawal::Full => {
+            if caller.kind == Kind::Service && caller.subject == IDENTITY_SERVICE {
+                Ok(())
+            } else {
+                Err(not_allowed())
+            }
+        }
+        Withdrawal::Explicit { .. } | Withdrawal::Article51 => {
+            if caller.kind != Kind::User {
+                return Err(not_allowed());
+            }
+            if caller.tenant.as_deref() != Some(subject.tenant.as_str()) {
+                return Err(subject_not_found());
+            }
+            if caller.subject == subject.name {
+                Ok(())
+            } else {
+                Err(not_allowed())
+            }
+        }
+    }
 }

@@ -5,7 +5,10 @@ use chrono::{DateTime, Duration, Utc};
 use portal_platform::ApiError;
 use portal_platform::time::from_timestamp;
 use portal_proto::consent::v1::policy_document::Kind;
-use portal_proto::consent::v1::{Attestation, Basis, PolicyDocument, RecordConsentRequest, Scope};
+use portal_proto::consent::v1::{
+    Attestation, Basis, CheckConsentRequest, PolicyDocument, RecordConsentRequest, Scope,
+    WithdrawConsentRequest,
+};
 
 /// How far in the past a new version may take effect: clock skew between operator and server.
 const BACKDATING_TOLERANCE: Duration = Duration::minutes(5);
@@ -439,4 +442,104 @@ fn attestation_problems(evidence: &Attestation, now: DateTime<Utc>) -> Vec<(&'st
         ));
     }
     problems
+}
+
+/// The two forms of withdrawal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// One explicit third-party consent (Art. 4), by the subject.
+    Explicit { recipient_entity: String },
+    /// Everything, when the user deletes their registration (Art. 5.3), by identity.
+    Full,
+    /// The Art. 5.1 consent alone: only possible by deleting the registration.
+    Article51,
+}
+
+/// Checks a WithdrawConsent request and tells which form it is.
+pub fn withdrawal(request: &WithdrawConsentRequest) -> Result<(Subject, Withdrawal), ApiError> {
+    let subject = subject(&request.subject, "subject")?;
+    if request.reason.chars().count() > 500 {
+        return Err(invalid(vec![(
+            "reason",
+            "must be at most 500 characters".into(),
+        )]));
+    }
+    let mut scopes: Vec<Scope> = request
+        .scopes
+        .iter()
+        .map(|s| Scope::try_from(*s).unwrap_or(Scope::Unspecified))
+        .collect();
+    scopes.sort_by_key(|s| *s as i32);
+    scopes.dedup();
+    let all = [
+        Scope::JointUse,
+        Scope::CrossBorderTransfer,
+        Scope::ThirdPartyDisclosure,
+    ];
+    let form = if scopes == [Scope::ThirdPartyDisclosure] {
+        if !is_entity_name(&request.recipient_entity) {
+            return Err(invalid(vec![(
+                "recipient_entity",
+                "required: entities/{entity}".into(),
+            )]));
+        }
+        Withdrawal::Explicit {
+            recipient_entity: request.recipient_entity.clone(),
+        }
+    } else if scopes == all && request.recipient_entity.is_empty() {
+        Withdrawal::Full
+    } else if !scopes.is_empty()
+        && scopes
+            .iter()
+            .all(|s| matches!(s, Scope::JointUse | Scope::CrossBorderTransfer))
+        && request.recipient_entity.is_empty()
+    {
+        Withdrawal::Article51
+    } else {
+        return Err(invalid(vec![(
+            "scopes",
+            "must be THIRD_PARTY_DISCLOSURE with a recipient, or all three scopes".into(),
+        )]));
+    };
+    Ok((subject, form))
+}
+
+/// A checked CheckConsent request.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub subject: Subject,
+    pub scope: Scope,
+    pub recipient_entity: String,
+}
+
+pub fn check(request: &CheckConsentRequest) -> Result<Check, ApiError> {
+    let subject = subject(&request.subject, "subject")?;
+    let mut problems: Vec<(&str, String)> = Vec::new();
+    let scope = Scope::try_from(request.scope).unwrap_or(Scope::Unspecified);
+    if scope == Scope::Unspecified {
+        problems.push(("scope", "required".into()));
+    }
+    if scope == Scope::ThirdPartyDisclosure && !is_entity_name(&request.recipient_entity) {
+        problems.push((
+            "recipient_entity",
+            "required for THIRD_PARTY_DISCLOSURE: entities/{entity}".into(),
+        ));
+    }
+    let country = &request.destination_country;
+    let country_ok = country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase());
+    if (scope == Scope::CrossBorderTransfer || !country.is_empty()) && !country_ok {
+        problems.push((
+            "destination_country",
+            "an ISO 3166-1 alpha-2 code such as SG".into(),
+        ));
+    }
+    if problems.is_empty() {
+        Ok(Check {
+            subject,
+            scope,
+            recipient_entity: request.recipient_entity.clone(),
+        })
+    } else {
+        Err(invalid(problems))
+    }
 }

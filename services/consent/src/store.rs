@@ -173,11 +173,12 @@ pub struct StateRow {
     pub basis_record: Option<uuid::Uuid>,
     pub withdrawn: bool,
     pub withdraw_time: Option<DateTime<Utc>>,
+    pub withdraw_record: Option<uuid::Uuid>,
     pub last_sequence: i64,
 }
 
 const STATE_COLUMNS: &str = "subject, tenant, active, consented_terms_version, basis_record, \
-    withdrawn, withdraw_time, last_sequence";
+    withdrawn, withdraw_time, withdraw_record, last_sequence";
 
 /// The subject's state row, created if missing and locked until the transaction ends: every
 /// entry of one subject is written one after the other.
@@ -322,25 +323,87 @@ pub async fn record_given_5_1(
     .map(|_| ())
 }
 
-/// After an explicit consent: it is in force for its recipient.
+/// After an explicit consent: it is in force for its recipient (again, if it was withdrawn).
 pub async fn record_given_explicit(
     conn: &mut PgConnection,
     subject: &str,
     recipient: &str,
     record: uuid::Uuid,
     record_time: DateTime<Utc>,
+    terms_version: i64,
     sequence: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO consent.explicit_consents (subject, recipient_entity, record, record_time) \
-         VALUES ($1, $2, $3, $4)",
+        "INSERT INTO consent.explicit_consents \
+             (subject, recipient_entity, record, record_time, terms_version) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (subject, recipient_entity) DO UPDATE SET record = $3, record_time = $4, \
+             terms_version = $5, withdrawal_record = NULL",
     )
     .bind(subject)
     .bind(recipient)
     .bind(record)
     .bind(record_time)
+    .bind(terms_version)
     .execute(&mut *conn)
     .await?;
+    set_last_sequence(conn, subject, sequence).await
+}
+
+/// After an explicit withdrawal: the consent for `recipient` is no longer in force.
+pub async fn record_withdrawn_explicit(
+    conn: &mut PgConnection,
+    subject: &str,
+    recipient: &str,
+    withdrawal: uuid::Uuid,
+    sequence: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE consent.explicit_consents SET withdrawal_record = $3 \
+         WHERE subject = $1 AND recipient_entity = $2",
+    )
+    .bind(subject)
+    .bind(recipient)
+    .bind(withdrawal)
+    .execute(&mut *conn)
+    .await?;
+    set_last_sequence(conn, subject, sequence).await
+}
+
+/// After a full withdrawal (Art. 5.3): nothing is in force, and nothing can be again.
+pub async fn record_full_withdrawal(
+    conn: &mut PgConnection,
+    subject: &str,
+    withdrawal: uuid::Uuid,
+    time: DateTime<Utc>,
+    sequence: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE consent.explicit_consents SET withdrawal_record = $2 \
+         WHERE subject = $1 AND withdrawal_record IS NULL",
+    )
+    .bind(subject)
+    .bind(withdrawal)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE consent.subject_state SET active = false, withdrawn = true, withdraw_time = $2, \
+             withdraw_record = $3, last_sequence = $4 WHERE subject = $1",
+    )
+    .bind(subject)
+    .bind(time)
+    .bind(withdrawal)
+    .bind(sequence)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+async fn set_last_sequence(
+    conn: &mut PgConnection,
+    subject: &str,
+    sequence: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE consent.subject_state SET last_sequence = $2 WHERE subject = $1")
         .bind(subject)
         .bind(sequence)
@@ -356,11 +419,35 @@ pub async fn explicit_consent(
     recipient: &str,
 ) -> Result<Option<uuid::Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT record FROM consent.explicit_consents WHERE subject = $1 AND recipient_entity = $2",
+        "SELECT record FROM consent.explicit_consents \
+         WHERE subject = $1 AND recipient_entity = $2 AND withdrawal_record IS NULL",
     )
     .bind(subject)
     .bind(recipient)
     .fetch_optional(conn)
+    .await
+}
+
+/// The explicit consent for `recipient` as last recorded, in force or withdrawn.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExplicitRow {
+    pub record: uuid::Uuid,
+    pub terms_version: i64,
+    pub withdrawal_record: Option<uuid::Uuid>,
+}
+
+pub async fn explicit_for_decision(
+    pool: &PgPool,
+    subject: &str,
+    recipient: &str,
+) -> Result<Option<ExplicitRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT record, terms_version, withdrawal_record FROM consent.explicit_consents \
+         WHERE subject = $1 AND recipient_entity = $2",
+    )
+    .bind(subject)
+    .bind(recipient)
+    .fetch_optional(pool)
     .await
 }
 
@@ -371,11 +458,20 @@ pub async fn explicit_consents(
 ) -> Result<Vec<(String, uuid::Uuid, DateTime<Utc>)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT recipient_entity, record, record_time FROM consent.explicit_consents \
-         WHERE subject = $1 ORDER BY record_time, recipient_entity",
+         WHERE subject = $1 AND withdrawal_record IS NULL ORDER BY record_time, recipient_entity",
     )
     .bind(subject)
     .fetch_all(pool)
     .await
+}
+
+/// The terms version named by a ledger entry.
+pub async fn entry_terms_version(pool: &PgPool, id: uuid::Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT terms_version FROM consent.ledger WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map(Option::unwrap_or_default)
 }
 
 /// One page of ledger entries (of `subject`, or all), oldest first, after `after`, with one
