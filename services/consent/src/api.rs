@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use portal_platform::auth::Caller;
 use portal_platform::auth::keys::TokenSigner;
+use portal_platform::config::Deployment;
 use portal_proto::consent::v1::consent_decision::Reason;
 use portal_proto::consent::v1::{
     Action, Basis, CheckConsentRequest, ConsentDecision, ConsentReceipt, ConsentRecord,
@@ -41,6 +42,8 @@ pub struct ConsentServiceApi {
     pool: PgPool,
     /// Signs consent receipts.
     signer: Option<Arc<TokenSigner>>,
+    /// The operating entity and country, named in receipts as controller and jurisdiction.
+    deployment: Arc<Deployment>,
 }
 
 impl ConsentServiceApi {
@@ -48,6 +51,7 @@ impl ConsentServiceApi {
         Self {
             pool: context.pool,
             signer: context.signer,
+            deployment: Arc::new(context.settings.deployment.clone()),
         }
     }
 
@@ -190,6 +194,7 @@ impl ConsentService for ConsentServiceApi {
         };
         let request_id = body.request_id.clone();
         let recorded_by = caller.subject.clone();
+        let deployment = Arc::clone(&self.deployment);
         let record = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
             Box::pin(async move {
                 let subject = &consent.subject;
@@ -242,7 +247,7 @@ impl ConsentService for ConsentServiceApi {
                     ..ConsentRecord::default()
                 };
                 let (record, id, now) =
-                    append_entry(tx, &signer, record, consent.basis.as_str()).await?;
+                    append_entry(tx, &signer, &deployment, record, consent.basis.as_str()).await?;
                 let sequence = record.sequence;
                 if consent.basis.is_article_5_1() {
                     store::record_given_5_1(tx, &subject.name, terms, id, sequence).await?;
@@ -283,6 +288,7 @@ impl ConsentService for ConsentServiceApi {
         };
         let (request_id, reason) = (body.request_id.clone(), body.reason.clone());
         let recorded_by = caller.subject.clone();
+        let deployment = Arc::clone(&self.deployment);
         let record = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
             Box::pin(async move {
                 let state = store::lock_subject(tx, &subject.name, &subject.tenant).await?;
@@ -327,7 +333,8 @@ impl ConsentService for ConsentServiceApi {
                         record.basis = Basis::Explicit.into();
                         record.scopes = vec![Scope::ThirdPartyDisclosure.into()];
                         record.recipient_entity = recipient_entity.clone();
-                        let (record, id, _) = append_entry(tx, &signer, record, "explicit").await?;
+                        let (record, id, _) =
+                            append_entry(tx, &signer, &deployment, record, "explicit").await?;
                         store::record_withdrawn_explicit(
                             tx,
                             &subject.name,
@@ -345,7 +352,8 @@ impl ConsentService for ConsentServiceApi {
                             Scope::ThirdPartyDisclosure.into(),
                         ];
                         record.full_withdrawal = true;
-                        let (record, id, now) = append_entry(tx, &signer, record, "").await?;
+                        let (record, id, now) =
+                            append_entry(tx, &signer, &deployment, record, "").await?;
                         store::record_full_withdrawal(tx, &subject.name, id, now, record.sequence)
                             .await?;
                         Ok(record)
@@ -623,6 +631,7 @@ fn subject_not_found() -> ApiError {
 async fn append_entry(
     tx: &mut sqlx::PgConnection,
     signer: &TokenSigner,
+    deployment: &Deployment,
     mut record: ConsentRecord,
     basis: &str,
 ) -> Result<(ConsentRecord, uuid::Uuid, chrono::DateTime<Utc>), ApiError> {
@@ -636,7 +645,10 @@ async fn append_entry(
         .await?
         .unwrap_or(0);
     record.receipt = None;
-    let (payload, signature) = sign(signer, &record);
+    let payload = record.encode_to_vec();
+    let signature = signer.sign_bytes(&payload).to_vec();
+    let iso27560 = crate::receipt::iso27560(&record, deployment);
+    let iso27560_signature = signer.sign_bytes(&iso27560).to_vec();
     let action = if record.action() == Action::Withdrawn {
         "withdrawn"
     } else {
@@ -656,47 +668,34 @@ async fn append_entry(
             payload: &payload,
             signature: &signature,
             key_id: signer.key_id(),
+            iso27560: &iso27560,
+            iso27560_signature: &iso27560_signature,
         },
     )
     .await?;
-    Ok((
-        with_receipt(record, payload, signature, signer.key_id()),
-        id,
-        now,
-    ))
-}
-
-/// Signs the record's encoding (without a receipt): these bytes are the receipt's payload.
-fn sign(signer: &TokenSigner, record: &ConsentRecord) -> (Vec<u8>, Vec<u8>) {
-    let payload = record.encode_to_vec();
-    let signature = signer.sign_bytes(&payload).to_vec();
-    (payload, signature)
-}
-
-fn with_receipt(
-    mut record: ConsentRecord,
-    payload: Vec<u8>,
-    signature: Vec<u8>,
-    key_id: &str,
-) -> ConsentRecord {
     record.receipt = Some(ConsentReceipt {
         payload,
         signature,
-        key_id: key_id.to_owned(),
+        key_id: signer.key_id().to_owned(),
+        iso27560,
+        iso27560_signature,
     });
-    record
+    Ok((record, id, now))
 }
 
-/// A stored entry as served: the signed record itself, with its receipt.
+/// A stored entry as served: the signed record itself (the receipt's payload), with its
+/// receipts.
 fn served(entry: EntryRow) -> Result<ConsentRecord, ApiError> {
-    let record = ConsentRecord::decode(entry.payload.as_slice())
+    let mut record = ConsentRecord::decode(entry.payload.as_slice())
         .map_err(|e| ApiError::internal(format_args!("ledger entry {}: {e}", entry.sequence)))?;
-    Ok(with_receipt(
-        record,
-        entry.payload,
-        entry.signature,
-        &entry.key_id,
-    ))
+    record.receipt = Some(ConsentReceipt {
+        payload: entry.payload,
+        signature: entry.signature,
+        key_id: entry.key_id,
+        iso27560: entry.iso27560,
+        iso27560_signature: entry.iso27560_signature,
+    });
+    Ok(record)
 }
 
 /// What a decision rests on: allowed or not, why, and the ledger entry relied on.

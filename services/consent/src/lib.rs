@@ -4,6 +4,7 @@
 
 mod api;
 mod domain;
+mod receipt;
 mod store;
 
 use portal_platform::db::Schema;

@@ -251,7 +251,11 @@ pub struct EntryRow {
     pub payload: Vec<u8>,
     pub signature: Vec<u8>,
     pub key_id: String,
+    pub iso27560: Vec<u8>,
+    pub iso27560_signature: Vec<u8>,
 }
+
+const ENTRY_COLUMNS: &str = "sequence, payload, signature, key_id, iso27560, iso27560_signature";
 
 /// What a new entry is indexed by, besides its signed bytes.
 #[derive(Debug)]
@@ -267,13 +271,16 @@ pub struct NewEntry<'a> {
     pub payload: &'a [u8],
     pub signature: &'a [u8],
     pub key_id: &'a str,
+    pub iso27560: &'a [u8],
+    pub iso27560_signature: &'a [u8],
 }
 
 pub async fn append(conn: &mut PgConnection, entry: &NewEntry<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO consent.ledger (sequence, id, subject, action, basis, terms_version, \
-             recipient_entity, record_time, payload, signature, key_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             recipient_entity, record_time, payload, signature, key_id, iso27560, \
+             iso27560_signature) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(entry.sequence)
     .bind(entry.id)
@@ -286,6 +293,8 @@ pub async fn append(conn: &mut PgConnection, entry: &NewEntry<'_>) -> Result<(),
     .bind(entry.payload)
     .bind(entry.signature)
     .bind(entry.key_id)
+    .bind(entry.iso27560)
+    .bind(entry.iso27560_signature)
     .execute(conn)
     .await
     .map(|_| ())
@@ -295,10 +304,12 @@ pub async fn entry_by_id(
     conn: &mut PgConnection,
     id: uuid::Uuid,
 ) -> Result<Option<EntryRow>, sqlx::Error> {
-    sqlx::query_as("SELECT sequence, payload, signature, key_id FROM consent.ledger WHERE id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTRY_COLUMNS} FROM consent.ledger WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// After an Art. 5.1 consent: the subject's consent is active under `terms_version`.
@@ -482,11 +493,11 @@ pub async fn entries(
     after: i64,
     limit: usize,
 ) -> Result<Vec<EntryRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT sequence, payload, signature, key_id FROM consent.ledger \
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTRY_COLUMNS} FROM consent.ledger \
          WHERE ($1::text IS NULL OR subject = $1) AND sequence > $2 \
-         ORDER BY sequence LIMIT $3",
-    )
+         ORDER BY sequence LIMIT $3"
+    )))
     .bind(subject)
     .bind(after)
     .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
@@ -499,9 +510,9 @@ pub async fn entry_by_sequence(
     pool: &PgPool,
     sequence: i64,
 ) -> Result<Option<EntryRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT sequence, payload, signature, key_id FROM consent.ledger WHERE sequence = $1",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTRY_COLUMNS} FROM consent.ledger WHERE sequence = $1"
+    )))
     .bind(sequence)
     .fetch_optional(pool)
     .await

@@ -457,6 +457,38 @@ async fn a_receipt_verifies_offline_with_the_published_key_and_a_changed_byte_do
     let mut altered = receipt.payload.clone();
     altered[10] ^= 0x01;
     assert!(key.verify(&altered, &signature).is_err());
+
+    // The ISO/IEC TS 27560 view is signed by the same key, and names what the standard asks.
+    let iso_signature = Signature::from_slice(&receipt.iso27560_signature).unwrap();
+    assert!(key.verify(&receipt.iso27560, &iso_signature).is_ok());
+    let iso: serde_json::Value = serde_json::from_slice(&receipt.iso27560).unwrap();
+    assert_eq!(iso["record_id"], signed.name.as_str());
+    assert_eq!(iso["pii_principal_id"], signed.subject.as_str());
+    assert_eq!(iso["event_type"], "consent_given");
+    assert_eq!(iso["pii_controllers"][0]["country"], "JP");
+    assert_eq!(iso["privacy_notices"]["terms_version"], 1);
+    let purposes: Vec<&str> = iso["purposes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["purpose"].as_str().unwrap())
+        .collect();
+    assert_eq!(purposes, ["JOINT_USE", "CROSS_BORDER_TRANSFER"]);
+    for purpose in iso["purposes"].as_array().unwrap() {
+        for field in [
+            "legal_basis",
+            "pii_categories",
+            "storage_locations",
+            "jurisdiction",
+            "recipients",
+            "withdrawal_method",
+        ] {
+            assert!(!purpose[field].is_null(), "{field}");
+        }
+    }
+    let mut altered = receipt.iso27560.clone();
+    altered[5] ^= 0x01;
+    assert!(key.verify(&altered, &iso_signature).is_err());
 }
 
 #[tokio::test]
