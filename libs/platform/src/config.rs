@@ -115,6 +115,18 @@ pub struct AuthSettings {
     /// a service's key, the subjects it may sign for).
     #[serde(default)]
     pub trusted_keys: Vec<TrustedKeySettings>,
+    /// Public keys this process signed with before its current key: still published (receipts
+    /// and checkpoints they signed must keep verifying), never used to sign.
+    #[serde(default)]
+    pub retired_signing_keys: Vec<RetiredKeySettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredKeySettings {
+    pub key_id: String,
+    /// Base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,6 +320,7 @@ impl Settings {
         // Parsing the keys is the check: each error names the key that is wrong.
         crate::auth::keys::KeySet::from_settings(self)?;
         crate::auth::keys::TokenSigner::from_settings(self)?;
+        crate::auth::keys::published_keys(self)?;
         self.tls.validate()?;
         Ok(())
     }

@@ -42,6 +42,17 @@ impl TestService {
         database_url: &SecretString,
         settings: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_configured(def, database_url, settings, |_| {}).await
+    }
+
+    /// As [`TestService::start_with`], then `configure` changes what the environment cannot
+    /// express (lists of keys, say).
+    pub async fn start_configured(
+        def: &'static ServiceDef,
+        database_url: &SecretString,
+        settings: &[(&str, &str)],
+        configure: impl FnOnce(&mut Settings),
+    ) -> anyhow::Result<Self> {
         crate::init_tracing();
         let mut env: HashMap<String, String> = settings
             .iter()
@@ -59,6 +70,8 @@ impl TestService {
             .or_insert_with(|| crate::keys::TEST_REGION.to_owned());
         let mut settings = Settings::load_from(None, env)?;
         crate::keys::configure(&mut settings)?;
+        configure(&mut settings);
+        settings.validate()?;
         let tls = settings.tls.clone();
         let settings = Arc::new(settings);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;

@@ -15,7 +15,7 @@ use portal_proto::consent::v1::{
 use std::sync::Arc;
 
 use portal_platform::auth::Caller;
-use portal_platform::auth::keys::TokenSigner;
+use portal_platform::auth::keys::{TokenSigner, published_keys};
 use portal_platform::config::Deployment;
 use portal_proto::consent::v1::consent_decision::Reason;
 use portal_proto::consent::v1::{
@@ -44,14 +44,23 @@ pub struct ConsentServiceApi {
     signer: Option<Arc<TokenSigner>>,
     /// The operating entity and country, named in receipts as controller and jurisdiction.
     deployment: Arc<Deployment>,
+    /// The keys that verify receipts: the current one first, then retired ones.
+    published_keys: Arc<Vec<(String, Vec<u8>)>>,
 }
 
 impl ConsentServiceApi {
     pub fn new(context: ServiceContext) -> Self {
+        // Validated at start-up (`Settings::validate`), so nothing is lost here.
+        let published_keys = published_keys(&context.settings)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key_id, key)| (key_id, key.to_bytes().to_vec()))
+            .collect();
         Self {
             pool: context.pool,
             signer: context.signer,
             deployment: Arc::new(context.settings.deployment.clone()),
+            published_keys: Arc::new(published_keys),
         }
     }
 
@@ -537,12 +546,12 @@ impl ConsentService for ConsentServiceApi {
         auth::caller(&request).map_err(status)?;
         paging::page_size(request.get_ref().page_size).map_err(status)?;
         let signing_keys = self
-            .signer
+            .published_keys
             .iter()
-            .map(|signer| SigningKey {
-                key_id: signer.key_id().to_owned(),
+            .map(|(key_id, public_key)| SigningKey {
+                key_id: key_id.clone(),
                 algorithm: "Ed25519".to_owned(),
-                public_key: signer.verifying_key().to_bytes().to_vec(),
+                public_key: public_key.clone(),
                 create_time: None,
                 expire_time: None,
             })

@@ -598,3 +598,36 @@ async fn the_ledger_is_listed_oldest_first_in_pages_for_whoever_may_read_it() {
         .unwrap_err();
     assert_eq!(colleague.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn receipts_signed_before_a_key_rotation_stay_verifiable() {
+    let db = TestDb::new(&[consent_service::SERVICE.schema])
+        .await
+        .unwrap();
+    let retired = portal_platform::config::RetiredKeySettings {
+        key_id: "consent-2025".to_owned(),
+        public_key: portal_platform::auth::keys::generate_key().1,
+    };
+    let service = TestService::start_configured(&consent_service::SERVICE, db.url(), &[], |s| {
+        s.auth.retired_signing_keys.push(retired);
+    })
+    .await
+    .unwrap();
+    let mut client = ConsentServiceClient::new(service.channel().await.unwrap());
+    let keys = client
+        .list_signing_keys(as_auditor(ListSigningKeysRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .signing_keys;
+    let ids: Vec<&str> = keys.iter().map(|k| k.key_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [keys::TEST_KEY_ID, "consent-2025"],
+        "current first, then retired"
+    );
+    assert!(
+        keys.iter()
+            .all(|k| k.algorithm == "Ed25519" && k.public_key.len() == 32)
+    );
+}

@@ -255,6 +255,23 @@ pub fn trust_one_key_for_everything(
     Ok(())
 }
 
+/// The keys that verify what this process signs (receipts, checkpoints): its signing key
+/// first, then the retired ones, as (key id, public key).
+pub fn published_keys(settings: &Settings) -> Result<Vec<(String, VerifyingKey)>, ConfigError> {
+    let mut keys = Vec::new();
+    if let Some(signer) = TokenSigner::from_settings(settings)? {
+        keys.push((signer.key_id.clone(), signer.verifying_key()));
+    }
+    for (i, retired) in settings.auth.retired_signing_keys.iter().enumerate() {
+        let key = parse_public_key(&retired.public_key).ok_or_else(|| ConfigError::Invalid {
+            key: format!("auth.retired_signing_keys[{i}].public_key"),
+            problem: "must be a base64 Ed25519 public key (32 bytes)".to_owned(),
+        })?;
+        keys.push((retired.key_id.clone(), key));
+    }
+    Ok(keys)
+}
+
 /// A new random Ed25519 key: (private key, public key), both base64.
 pub fn generate_key() -> (String, String) {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
