@@ -69,3 +69,12 @@ pub fn configure(settings: &mut Settings) -> anyhow::Result<()> {
         &key().0,
     )?)
 }
+
+/// `message` as a request carrying `token` (`authorization: Bearer ...`).
+pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}

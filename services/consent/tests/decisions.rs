@@ -7,96 +7,24 @@
     reason = "a test fails loudly on the first surprise"
 )]
 
-use chrono::Utc;
-use portal_platform::auth::Kind as TokenKind;
-use portal_platform::time::to_timestamp;
 use portal_proto::consent::v1::consent_decision::Reason;
 use portal_proto::consent::v1::consent_service_client::ConsentServiceClient;
-use portal_proto::consent::v1::policy_document::Kind;
 use portal_proto::consent::v1::{
-    Basis, CheckConsentRequest, ConsentDecision, ConsentRecord, PolicyDocument,
-    PublishDocumentVersionRequest, RecordConsentRequest, Scope, WithdrawConsentRequest,
+    Basis, CheckConsentRequest, ConsentDecision, ConsentRecord, RecordConsentRequest, Scope,
+    WithdrawConsentRequest,
 };
-use portal_testkit::{TestDb, TestService, keys};
+
+mod common;
+use common::*;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
-const TENANT: &str = "tenants/0190f7a0-0000-7000-8000-00000000000a";
 const RECIPIENT: &str = "entities/0190f7a0-0000-7000-8000-0000000000e1";
 const OTHER_RECIPIENT: &str = "entities/0190f7a0-0000-7000-8000-0000000000e2";
 
-fn user(n: u32) -> String {
-    format!("{TENANT}/users/0190f7a0-0000-7000-8000-{n:012}")
-}
-
-struct Consent {
-    _db: TestDb,
-    _service: TestService,
-    client: ConsentServiceClient<Channel>,
-}
-
-async fn consent() -> Consent {
-    let db = TestDb::new(&[consent_service::SERVICE.schema])
-        .await
-        .unwrap();
-    let service = TestService::start(&consent_service::SERVICE, db.url())
-        .await
-        .unwrap();
-    let client = ConsentServiceClient::new(service.channel().await.unwrap());
-    Consent {
-        _db: db,
-        _service: service,
-        client,
-    }
-}
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = format!("Bearer {token}").parse().unwrap();
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-fn as_identity<T>(message: T) -> Request<T> {
-    with_token(
-        message,
-        &keys::token(TokenKind::Service, "services/identity", None, &[]),
-    )
-}
-
-fn as_transfer<T>(message: T) -> Request<T> {
-    with_token(
-        message,
-        &keys::token(TokenKind::Service, "services/transfer", None, &[]),
-    )
-}
-
 fn as_subject<T>(message: T, subject: &str) -> Request<T> {
-    with_token(
-        message,
-        &keys::token(TokenKind::User, subject, Some(TENANT), &["MEMBER"]),
-    )
-}
-
-async fn publish_terms(client: &mut ConsentServiceClient<Channel>) {
-    let document = PolicyDocument {
-        kind: Kind::Terms.into(),
-        version: 1,
-        label: "v1".into(),
-        uri: "https://portal.example.com/terms/1".into(),
-        content_sha256: "1".repeat(64),
-        effective_time: Some(to_timestamp(Utc::now())),
-        ..PolicyDocument::default()
-    };
-    let request = PublishDocumentVersionRequest {
-        request_id: String::new(),
-        document: Some(document),
-    };
-    client
-        .publish_document_version(with_token(request, &keys::operator_token()))
-        .await
-        .unwrap();
+    as_user(message, subject, TENANT, "MEMBER")
 }
 
 async fn deemed(client: &mut ConsentServiceClient<Channel>, subject: &str) -> ConsentRecord {
@@ -193,7 +121,7 @@ async fn without_terms_in_force_every_use_is_denied() {
 #[tokio::test]
 async fn joint_use_and_cross_border_transfer_need_the_article_5_1_consent() {
     let mut consent = consent().await;
-    publish_terms(&mut consent.client).await;
+    publish_terms(&mut consent.client, 1, false).await;
     let subject = user(2);
     let before = check(&mut consent.client, &subject, Scope::JointUse, "").await;
     assert_eq!(
@@ -228,7 +156,7 @@ async fn joint_use_and_cross_border_transfer_need_the_article_5_1_consent() {
 #[tokio::test]
 async fn disclosure_needs_explicit_consent_for_that_recipient_until_it_is_withdrawn() {
     let mut consent = consent().await;
-    publish_terms(&mut consent.client).await;
+    publish_terms(&mut consent.client, 1, false).await;
     let subject = user(3);
     deemed(&mut consent.client, &subject).await;
     let given = explicit(&mut consent.client, &subject).await;
@@ -298,7 +226,7 @@ async fn disclosure_needs_explicit_consent_for_that_recipient_until_it_is_withdr
 #[tokio::test]
 async fn after_a_full_withdrawal_everything_is_denied_for_good() {
     let mut consent = consent().await;
-    publish_terms(&mut consent.client).await;
+    publish_terms(&mut consent.client, 1, false).await;
     let subject = user(4);
     deemed(&mut consent.client, &subject).await;
     explicit(&mut consent.client, &subject).await;
@@ -357,7 +285,7 @@ async fn after_a_full_withdrawal_everything_is_denied_for_good() {
 #[tokio::test]
 async fn a_user_withdraws_the_article_5_1_consent_only_by_deleting_the_registration() {
     let mut consent = consent().await;
-    publish_terms(&mut consent.client).await;
+    publish_terms(&mut consent.client, 1, false).await;
     let subject = user(5);
     deemed(&mut consent.client, &subject).await;
     let request = WithdrawConsentRequest {
@@ -377,7 +305,7 @@ async fn a_user_withdraws_the_article_5_1_consent_only_by_deleting_the_registrat
 #[tokio::test]
 async fn malformed_checks_are_invalid_argument_and_users_may_not_check() {
     let mut consent = consent().await;
-    publish_terms(&mut consent.client).await;
+    publish_terms(&mut consent.client, 1, false).await;
     let subject = user(6);
     let cases = [
         (

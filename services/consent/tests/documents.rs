@@ -17,47 +17,18 @@ use portal_proto::consent::v1::{
     GetEffectiveDocumentsRequest, ListDocumentVersionsRequest, PolicyDocument, Precedence,
     PublishDocumentVersionRequest,
 };
-use portal_testkit::{TestDb, TestService, keys};
+use portal_testkit::keys::{self, authorized};
+
+mod common;
+use common::{as_operator, consent};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
-struct Consent {
-    _db: TestDb,
-    _service: TestService,
-    client: ConsentServiceClient<Channel>,
-}
-
-async fn consent() -> Consent {
-    let db = TestDb::new(&[consent_service::SERVICE.schema])
-        .await
-        .unwrap();
-    let service = TestService::start(&consent_service::SERVICE, db.url())
-        .await
-        .unwrap();
-    let client = ConsentServiceClient::new(service.channel().await.unwrap());
-    Consent {
-        _db: db,
-        _service: service,
-        client,
-    }
-}
-
-fn as_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = format!("Bearer {token}").parse().unwrap();
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-fn as_operator<T>(message: T) -> Request<T> {
-    as_token(message, &keys::operator_token())
-}
-
 fn as_member<T>(message: T) -> Request<T> {
     let tenant = "tenants/0190f7a0-0000-7000-8000-00000000000a";
     let user = format!("{tenant}/users/0190f7a0-0000-7000-8000-00000000000b");
-    as_token(
+    authorized(
         message,
         &keys::token(TokenKind::User, &user, Some(tenant), &["MEMBER"]),
     )
@@ -405,18 +376,15 @@ async fn versions_are_listed_in_pages_whose_tokens_cannot_be_altered() {
 
 #[tokio::test]
 async fn published_versions_are_immutable_even_to_the_services_own_role() {
-    let db = TestDb::new(&[consent_service::SERVICE.schema])
-        .await
-        .unwrap();
-    let service = TestService::start(&consent_service::SERVICE, db.url())
-        .await
-        .unwrap();
-    let mut client = ConsentServiceClient::new(service.channel().await.unwrap());
-    publish(&mut client, document(Kind::Terms, 1, 0), "")
+    let mut consent = consent().await;
+    publish(&mut consent.client, document(Kind::Terms, 1, 0), "")
         .await
         .unwrap();
 
-    let app = db.app_pool(consent_service::SERVICE.schema).unwrap();
+    let app = consent
+        .db
+        .app_pool(consent_service::SERVICE.schema)
+        .unwrap();
     for statement in [
         "UPDATE consent.documents SET uri = 'https://elsewhere.example.com/'",
         "DELETE FROM consent.documents",

@@ -12,102 +12,22 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use portal_platform::auth::Kind as TokenKind;
 use portal_platform::time::to_timestamp;
 use portal_proto::consent::v1::consent_service_client::ConsentServiceClient;
-use portal_proto::consent::v1::policy_document::Kind;
 use portal_proto::consent::v1::{
     Attestation, Basis, ConsentRecord, GetConsentStateRequest, ListConsentRecordsRequest,
-    ListSigningKeysRequest, PolicyDocument, PublishDocumentVersionRequest, RecordConsentRequest,
-    Scope,
+    ListSigningKeysRequest, RecordConsentRequest, Scope,
 };
-use portal_testkit::{TestDb, TestService, keys};
+use portal_testkit::keys::{self, authorized};
+use portal_testkit::{TestDb, TestService};
+
+mod common;
+use common::*;
 use prost::Message;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
-const TENANT: &str = "tenants/0190f7a0-0000-7000-8000-00000000000a";
 const OTHER_TENANT: &str = "tenants/0190f7a0-0000-7000-8000-00000000000f";
 const RECIPIENT: &str = "entities/0190f7a0-0000-7000-8000-0000000000e1";
-
-fn user(n: u32) -> String {
-    format!("{TENANT}/users/0190f7a0-0000-7000-8000-{n:012}")
-}
-
-struct Consent {
-    db: TestDb,
-    _service: TestService,
-    client: ConsentServiceClient<Channel>,
-}
-
-async fn consent() -> Consent {
-    let db = TestDb::new(&[consent_service::SERVICE.schema])
-        .await
-        .unwrap();
-    let service = TestService::start(&consent_service::SERVICE, db.url())
-        .await
-        .unwrap();
-    let client = ConsentServiceClient::new(service.channel().await.unwrap());
-    Consent {
-        db,
-        _service: service,
-        client,
-    }
-}
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = format!("Bearer {token}").parse().unwrap();
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-fn as_identity<T>(message: T) -> Request<T> {
-    with_token(
-        message,
-        &keys::token(TokenKind::Service, "services/identity", None, &[]),
-    )
-}
-
-fn as_user<T>(message: T, subject: &str, tenant: &str, role: &str) -> Request<T> {
-    with_token(
-        message,
-        &keys::token(TokenKind::User, subject, Some(tenant), &[role]),
-    )
-}
-
-fn as_auditor<T>(message: T) -> Request<T> {
-    with_token(
-        message,
-        &keys::token(TokenKind::Auditor, "auditors/a", None, &[]),
-    )
-}
-
-/// Publishes terms `version`, in force from now.
-async fn publish_terms(client: &mut ConsentServiceClient<Channel>, version: i64, material: bool) {
-    let document = PolicyDocument {
-        kind: Kind::Terms.into(),
-        version,
-        label: format!("v{version}"),
-        uri: format!("https://portal.example.com/terms/{version}"),
-        content_sha256: format!("{version:064x}"),
-        effective_time: Some(to_timestamp(Utc::now())),
-        change_summary: if version > 1 {
-            "Revised".into()
-        } else {
-            String::new()
-        },
-        material_change: material,
-        ..PolicyDocument::default()
-    };
-    let request = PublishDocumentVersionRequest {
-        request_id: String::new(),
-        document: Some(document),
-    };
-    let operator = keys::operator_token();
-    client
-        .publish_document_version(with_token(request, &operator))
-        .await
-        .unwrap();
-}
 
 fn deemed(subject: &str, request_id: &str) -> RecordConsentRequest {
     RecordConsentRequest {
@@ -285,7 +205,7 @@ async fn only_identity_records_deemed_consent_and_only_the_subject_gives_explici
     let approval = keys::token(TokenKind::Service, "services/approval", None, &[]);
     let by_other_service = consent
         .client
-        .record_consent(with_token(deemed(&subject, ""), &approval))
+        .record_consent(authorized(deemed(&subject, ""), &approval))
         .await
         .unwrap_err();
     assert_eq!(by_other_service.code(), Code::PermissionDenied);
