@@ -154,6 +154,7 @@ pub async fn serve(
             .tls_config(tls)
             .context("tls: the certificate and key cannot be used together")?;
     }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = builder
         // tonic's own timeout answers DEADLINE_EXCEEDED / CANCELLED and honours the caller's
         // `grpc-timeout` (a tower TimeoutLayer would reset the stream instead).
@@ -172,7 +173,9 @@ pub async fn serve(
             def.error_domain,
         ))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+        // Without TCP_NODELAY, Nagle holds back small gRPC frames: ~40 ms stalls
+        // (docs/benchmarks.md).
+        .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
 
     let grace = limits.shutdown_grace();

@@ -391,26 +391,22 @@ impl ConsentService for ConsentServiceApi {
             .map_err(status)?;
         let check = domain::check(request.get_ref()).map_err(status)?;
         let db = |e: sqlx::Error| status(e.into());
-        let state = store::state(&self.pool, &check.subject.name)
+        let recipient = if check.scope == Scope::ThirdPartyDisclosure {
+            check.recipient_entity.as_str()
+        } else {
+            ""
+        };
+        let inputs = store::decision_inputs(&self.pool, &check.subject.name, recipient)
             .await
             .map_err(db)?;
-        let terms_in_force = store::in_force(&self.pool, DocumentKind::Terms, Utc::now())
-            .await
-            .map_err(db)?
-            .is_some();
-        let explicit = if check.scope == Scope::ThirdPartyDisclosure {
-            store::explicit_for_decision(&self.pool, &check.subject.name, &check.recipient_entity)
-                .await
-                .map_err(db)?
-        } else {
-            None
-        };
-        let decision = decide(&check, state.as_ref(), terms_in_force, explicit.as_ref());
-        let terms_version = match decision.record {
-            Some(id) => store::entry_terms_version(&self.pool, id)
+        let decision = decide(&check, &inputs);
+        // Withdrawals are rare: their entry's terms version costs one more read by key.
+        let terms_version = match (decision.terms_version, decision.record) {
+            (Some(version), _) => version,
+            (None, Some(id)) => store::entry_terms_version(&self.pool, id)
                 .await
                 .map_err(db)?,
-            None => 0,
+            (None, None) => 0,
         };
         Ok(Response::new(ConsentDecision {
             allowed: decision.allowed,
@@ -720,12 +716,7 @@ struct Decided {
 /// The rule table of `docs/consent.md`, in order: a full withdrawal denies everything; with no
 /// terms in force nothing is consented; JOINT_USE and CROSS_BORDER_TRANSFER need the Art. 5.1
 /// consent; THIRD_PARTY_DISCLOSURE needs explicit consent for that recipient (Art. 4).
-fn decide(
-    check: &domain::Check,
-    state: Option<&store::StateRow>,
-    terms_in_force: bool,
-    explicit: Option<&store::ExplicitRow>,
-) -> Decided {
+fn decide(check: &domain::Check, inputs: &store::DecisionInputs) -> Decided {
     let deny = |reason, record| Decided {
         allowed: false,
         reason,
@@ -736,29 +727,34 @@ fn decide(
         allowed: true,
         reason,
         record,
-        terms_version: Some(terms_version),
+        terms_version,
     };
-    if let Some(state) = state.filter(|s| s.withdrawn) {
-        return deny(Reason::ConsentWithdrawn, state.withdraw_record);
+    if inputs.withdrawn == Some(true) {
+        return deny(Reason::ConsentWithdrawn, inputs.withdraw_record);
     }
-    if !terms_in_force {
+    if !inputs.terms_in_force {
         return deny(Reason::NoTermsInForce, None);
     }
     match check.scope {
-        Scope::JointUse | Scope::CrossBorderTransfer => match state {
-            Some(state) if state.active => allow(
-                Reason::ConsentActive,
-                state.basis_record,
-                state.consented_terms_version,
-            ),
-            _ => deny(Reason::NoConsent, None),
-        },
-        _ => match explicit {
-            Some(row) if row.withdrawal_record.is_none() => {
-                allow(Reason::ExplicitConsent, Some(row.record), row.terms_version)
+        Scope::JointUse | Scope::CrossBorderTransfer => {
+            if inputs.active == Some(true) {
+                allow(
+                    Reason::ConsentActive,
+                    inputs.basis_record,
+                    inputs.consented_terms_version,
+                )
+            } else {
+                deny(Reason::NoConsent, None)
             }
-            Some(row) => deny(Reason::ExplicitConsentWithdrawn, row.withdrawal_record),
-            None => deny(Reason::NoExplicitConsentForRecipient, None),
+        }
+        _ => match (inputs.explicit_record, inputs.explicit_withdrawal) {
+            (Some(record), None) => allow(
+                Reason::ExplicitConsent,
+                Some(record),
+                inputs.explicit_terms_version,
+            ),
+            (Some(_), Some(withdrawal)) => deny(Reason::ExplicitConsentWithdrawn, Some(withdrawal)),
+            (None, _) => deny(Reason::NoExplicitConsentForRecipient, None),
         },
     }
 }

@@ -439,29 +439,6 @@ pub async fn explicit_consent(
     .await
 }
 
-/// The explicit consent for `recipient` as last recorded, in force or withdrawn.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ExplicitRow {
-    pub record: uuid::Uuid,
-    pub terms_version: i64,
-    pub withdrawal_record: Option<uuid::Uuid>,
-}
-
-pub async fn explicit_for_decision(
-    pool: &PgPool,
-    subject: &str,
-    recipient: &str,
-) -> Result<Option<ExplicitRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT record, terms_version, withdrawal_record FROM consent.explicit_consents \
-         WHERE subject = $1 AND recipient_entity = $2",
-    )
-    .bind(subject)
-    .bind(recipient)
-    .fetch_optional(pool)
-    .await
-}
-
 /// The explicit consents in force, oldest first.
 pub async fn explicit_consents(
     pool: &PgPool,
@@ -515,5 +492,43 @@ pub async fn entry_by_sequence(
     )))
     .bind(sequence)
     .fetch_optional(pool)
+    .await
+}
+
+/// Everything a consent decision needs, in one round trip: the subject's state, whether any
+/// terms version is in force, and the explicit consent for `recipient` (empty: none asked).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DecisionInputs {
+    pub active: Option<bool>,
+    pub consented_terms_version: Option<i64>,
+    pub basis_record: Option<uuid::Uuid>,
+    pub withdrawn: Option<bool>,
+    pub withdraw_record: Option<uuid::Uuid>,
+    pub terms_in_force: bool,
+    pub explicit_record: Option<uuid::Uuid>,
+    pub explicit_terms_version: Option<i64>,
+    pub explicit_withdrawal: Option<uuid::Uuid>,
+}
+
+pub async fn decision_inputs(
+    pool: &PgPool,
+    subject: &str,
+    recipient: &str,
+) -> Result<DecisionInputs, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.active, s.consented_terms_version, s.basis_record, s.withdrawn, \
+             s.withdraw_record, \
+             EXISTS (SELECT FROM consent.documents \
+                     WHERE kind = 'terms' AND effective_time <= now()) AS terms_in_force, \
+             e.record AS explicit_record, e.terms_version AS explicit_terms_version, \
+             e.withdrawal_record AS explicit_withdrawal \
+         FROM (VALUES ($1::text, $2::text)) AS q (subject, recipient) \
+         LEFT JOIN consent.subject_state s ON s.subject = q.subject AND s.last_sequence > 0 \
+         LEFT JOIN consent.explicit_consents e \
+             ON e.subject = q.subject AND e.recipient_entity = q.recipient",
+    )
+    .bind(subject)
+    .bind(recipient)
+    .fetch_one(pool)
     .await
 }
