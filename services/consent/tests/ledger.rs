@@ -517,6 +517,38 @@ async fn the_ledger_is_listed_oldest_first_in_pages_for_whoever_may_read_it() {
         .await
         .unwrap_err();
     assert_eq!(colleague.code(), Code::PermissionDenied);
+
+    // Another tenant's admin: the subject does not exist for them.
+    let outsider = format!("{OTHER_TENANT}/users/0190f7a0-0000-7000-8000-000000000001");
+    for status in [
+        consent
+            .client
+            .list_consent_records(as_user(
+                ListConsentRecordsRequest {
+                    subject: subject.clone(),
+                    ..ListConsentRecordsRequest::default()
+                },
+                &outsider,
+                OTHER_TENANT,
+                "TENANT_ADMIN",
+            ))
+            .await
+            .unwrap_err(),
+        consent
+            .client
+            .get_consent_state(as_user(
+                GetConsentStateRequest {
+                    subject: subject.clone(),
+                },
+                &outsider,
+                OTHER_TENANT,
+                "TENANT_ADMIN",
+            ))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    }
 }
 
 #[tokio::test]
