@@ -214,7 +214,7 @@ impl ConsentService for ConsentServiceApi {
                         "the subject withdrew all consent by deleting their registration (Art. 5.3)",
                     ));
                 }
-                let terms = store::in_force_now(tx, DocumentKind::Terms)
+                let terms = in_force_now(tx, DocumentKind::Terms)
                     .await?
                     .ok_or_else(|| {
                         ApiError::failed_precondition(
@@ -315,9 +315,7 @@ impl ConsentService for ConsentServiceApi {
                         )),
                     };
                 }
-                let terms = store::in_force_now(tx, DocumentKind::Terms)
-                    .await?
-                    .unwrap_or(0);
+                let terms = in_force_now(tx, DocumentKind::Terms).await?.unwrap_or(0);
                 let mut record = ConsentRecord {
                     subject: subject.name.clone(),
                     tenant: subject.tenant.clone(),
@@ -540,7 +538,10 @@ impl ConsentService for ConsentServiceApi {
         request: Request<ListSigningKeysRequest>,
     ) -> Result<Response<ListSigningKeysResponse>, Status> {
         auth::caller(&request).map_err(status)?;
-        paging::page_size(request.get_ref().page_size).map_err(status)?;
+        let body = request.get_ref();
+        paging::page_size(body.page_size).map_err(status)?;
+        // Every key fits one page, so no token is ever issued: any token given is not ours.
+        paging::decode_token::<i64>(&body.page_token, "signing-keys").map_err(status)?;
         let signing_keys = self
             .published_keys
             .iter()
@@ -646,7 +647,7 @@ async fn append_entry(
     record.sequence = store::next_sequence(tx).await?;
     record.record_time = Some(to_timestamp(now));
     record.precedence = Precedence::TermsOverPrivacyPolicy.into();
-    record.privacy_policy_version = store::in_force_now(tx, DocumentKind::PrivacyPolicy)
+    record.privacy_policy_version = in_force_now(tx, DocumentKind::PrivacyPolicy)
         .await?
         .unwrap_or(0);
     record.receipt = None;
@@ -701,6 +702,15 @@ fn served(entry: EntryRow) -> Result<ConsentRecord, ApiError> {
         iso27560_signature: entry.iso27560_signature,
     });
     Ok(record)
+}
+
+/// The version of `kind` in force now, read in the caller's transaction.
+async fn in_force_now(
+    tx: &mut sqlx::PgConnection,
+    kind: DocumentKind,
+) -> Result<Option<i64>, sqlx::Error> {
+    let document = store::in_force(&mut *tx, kind, Utc::now()).await?;
+    Ok(document.map(|d| d.version))
 }
 
 /// What a decision rests on: allowed or not, why, and the ledger entry relied on.

@@ -92,8 +92,8 @@ pub async fn insert(
 }
 
 /// The version of `kind` in force at `at`: the highest whose effective time has come.
-pub async fn in_force(
-    pool: &PgPool,
+pub async fn in_force<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     kind: DocumentKind,
     at: DateTime<Utc>,
 ) -> Result<Option<DocumentRow>, sqlx::Error> {
@@ -103,7 +103,7 @@ pub async fn in_force(
     )))
     .bind(kind.segment())
     .bind(at)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await
 }
 
@@ -209,20 +209,6 @@ pub async fn state(pool: &PgPool, subject: &str) -> Result<Option<StateRow>, sql
     )))
     .bind(subject)
     .fetch_optional(pool)
-    .await
-}
-
-/// The version of `kind` in force now, read inside the caller's transaction.
-pub async fn in_force_now(
-    conn: &mut PgConnection,
-    kind: DocumentKind,
-) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT version FROM consent.documents WHERE kind = $1 AND effective_time <= now() \
-         ORDER BY effective_time DESC LIMIT 1",
-    )
-    .bind(kind.segment())
-    .fetch_optional(conn)
     .await
 }
 
