@@ -124,6 +124,22 @@ impl Outgoing {
         format!("{}://{host}:{port}", crate::tls::scheme(&self.tls))
     }
 
+    /// The URI of the service called `name` (`consent`, ...): its configured `endpoint`, else
+    /// this machine at the port it listens on (development, where the suite runs on one host).
+    pub fn peer_uri(
+        &self,
+        settings: &crate::config::Settings,
+        name: &str,
+    ) -> anyhow::Result<String> {
+        let (listen, endpoint) = settings
+            .service(name)
+            .ok_or_else(|| anyhow::anyhow!("no configuration section `{name}`"))?;
+        Ok(match endpoint {
+            Some(endpoint) => endpoint.to_owned(),
+            None => self.uri("127.0.0.1", listen.port()),
+        })
+    }
+
     /// A lazily connecting channel to `uri` (see [`Outgoing::uri`]); a dead peer surfaces as
     /// `UNAVAILABLE` on the call, not as a start-up failure. With `tls.ca_file` set the peer's
     /// certificate must match the URI's host, and `tls.cert_file` is presented for mutual TLS.

@@ -40,7 +40,7 @@ pub struct Settings {
     /// TLS and mutual TLS (`docs/tls.md`); absent: plaintext.
     #[serde(default)]
     pub tls: crate::tls::TlsSettings,
-    pub identity: ServiceSettings,
+    pub identity: IdentitySettings,
     pub consent: ServiceSettings,
     pub approval: ServiceSettings,
     pub transfer: ServiceSettings,
@@ -155,6 +155,178 @@ pub struct TrustedKeySettings {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSettings {
     pub listen: SocketAddr,
+    /// How the other services reach this one, e.g. `https://consent.portal.svc:50052`;
+    /// absent: this machine, at the port of `listen` (development).
+    pub endpoint: Option<String>,
+}
+
+/// `[identity]`: where it listens, and how it keeps PI and credentials (`docs/identity.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySettings {
+    pub listen: SocketAddr,
+    pub endpoint: Option<String>,
+    /// Lifetime of the USER access tokens SignIn issues; at most 15 minutes.
+    pub access_token_ttl_secs: u64,
+    /// How long an activation secret works after registration.
+    pub activation_ttl_secs: u64,
+    /// Consecutive failed sign-ins after which an account is locked.
+    pub sign_in_max_failures: u32,
+    /// How long such a lock lasts.
+    pub sign_in_lockout_secs: u64,
+    /// How long database backups are kept: the latest a deleted user's wrapped data key can
+    /// survive in a backup (stated on every deletion receipt).
+    pub backup_retention_days: u32,
+    pub argon2: Argon2Settings,
+    /// The key-encryption keys that wrap users' data keys, by key id; the current one wraps new
+    /// data keys, the others still unwrap the keys they wrapped (rotation). Secrets.
+    #[serde(default)]
+    pub key_encryption_keys: Vec<SecretKeySettings>,
+    /// Key id, among `key_encryption_keys`, that wraps new data keys.
+    pub current_key_encryption_key: Option<String>,
+    /// Base64 of 32 random bytes: keys the email lookup hash and derives activation secrets.
+    /// Changing it makes every stored email unfindable: it is not rotated like the KEKs.
+    pub lookup_key: Option<SecretString>,
+}
+
+/// Argon2id cost of password hashes (RFC 9106; defaults are OWASP's 19 MiB, 2 passes, 1 lane).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Argon2Settings {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+/// A named symmetric key: base64 of 32 random bytes.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeySettings {
+    pub key_id: String,
+    pub key: SecretString,
+}
+
+impl std::fmt::Debug for SecretKeySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretKeySettings")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentitySettings {
+    /// Whether no PI keys are configured (development then generates its own).
+    pub fn lacks_keys(&self) -> bool {
+        self.key_encryption_keys.is_empty() && self.lookup_key.is_none()
+    }
+
+    /// Protects PI with one KEK `kek_id` and `lookup_key` (both base64 of 32 bytes):
+    /// development and tests, where the keys are generated rather than managed.
+    pub fn use_keys(&mut self, kek_id: &str, kek: &str, lookup_key: &str) {
+        self.key_encryption_keys = vec![SecretKeySettings {
+            key_id: kek_id.to_owned(),
+            key: kek.into(),
+        }];
+        self.current_key_encryption_key = Some(kek_id.to_owned());
+        self.lookup_key = Some(lookup_key.into());
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        in_range(
+            "identity.access_token_ttl_secs",
+            self.access_token_ttl_secs,
+            30,
+            900,
+        )?;
+        in_range(
+            "identity.activation_ttl_secs",
+            self.activation_ttl_secs,
+            60,
+            30 * 24 * 3600,
+        )?;
+        in_range(
+            "identity.sign_in_max_failures",
+            self.sign_in_max_failures.into(),
+            1,
+            100,
+        )?;
+        in_range(
+            "identity.sign_in_lockout_secs",
+            self.sign_in_lockout_secs,
+            1,
+            24 * 3600,
+        )?;
+        in_range(
+            "identity.backup_retention_days",
+            self.backup_retention_days.into(),
+            0,
+            3650,
+        )?;
+        let a = &self.argon2;
+        in_range(
+            "identity.argon2.memory_kib",
+            a.memory_kib.into(),
+            8,
+            4 * 1024 * 1024,
+        )?;
+        in_range("identity.argon2.iterations", a.iterations.into(), 1, 100)?;
+        in_range("identity.argon2.parallelism", a.parallelism.into(), 1, 64)?;
+        for key in &self.key_encryption_keys {
+            check_key_id("identity.key_encryption_keys.key_id", &key.key_id)?;
+            secret_key_bytes("identity.key_encryption_keys.key", &key.key)?;
+        }
+        if let Some(current) = &self.current_key_encryption_key
+            && !self
+                .key_encryption_keys
+                .iter()
+                .any(|k| &k.key_id == current)
+        {
+            return Err(ConfigError::invalid(
+                "identity.current_key_encryption_key",
+                "must name one of identity.key_encryption_keys",
+            ));
+        }
+        if let Some(key) = &self.lookup_key {
+            secret_key_bytes("identity.lookup_key", key)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_key_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            "must be 1-64 characters of [A-Za-z0-9._-]",
+        ))
+    }
+}
+
+/// A new random symmetric key: base64 of 32 bytes (development and tests).
+pub fn random_secret_key() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The 32 bytes of a base64 symmetric key, or an error naming `key` (never the value).
+pub fn secret_key_bytes(key: &str, value: &SecretString) -> Result<[u8; 32], ConfigError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(value.expose_secret().trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+        .ok_or_else(|| {
+            ConfigError::invalid(key, "must be base64 of 32 random bytes (value not shown)")
+        })
 }
 
 /// A configuration problem, naming the key and never its value.
@@ -322,16 +494,18 @@ impl Settings {
         crate::auth::keys::TokenSigner::from_settings(self)?;
         crate::auth::keys::published_keys(self)?;
         self.tls.validate()?;
+        self.identity.validate()?;
         Ok(())
     }
 
-    /// The section of one service, by its short name (`identity`, `consent`, ...).
-    pub fn service(&self, name: &str) -> Option<&ServiceSettings> {
+    /// Where one service, by its short name (`identity`, `consent`, ...), listens and how the
+    /// others reach it (its configured `endpoint`, if any).
+    pub fn service(&self, name: &str) -> Option<(SocketAddr, Option<&str>)> {
         match name {
-            "identity" => Some(&self.identity),
-            "consent" => Some(&self.consent),
-            "approval" => Some(&self.approval),
-            "transfer" => Some(&self.transfer),
+            "identity" => Some((self.identity.listen, self.identity.endpoint.as_deref())),
+            "consent" => Some((self.consent.listen, self.consent.endpoint.as_deref())),
+            "approval" => Some((self.approval.listen, self.approval.endpoint.as_deref())),
+            "transfer" => Some((self.transfer.listen, self.transfer.endpoint.as_deref())),
             _ => None,
         }
     }
@@ -384,6 +558,8 @@ fn describe_load_error(error: config::ConfigError) -> ConfigError {
         "database.url",
         "database.migration_url",
         "auth.signing_key.private_key",
+        "identity.key_encryption_keys",
+        "identity.lookup_key",
     ] {
         if text.contains(secret_key) {
             return ConfigError::invalid(secret_key, "has an invalid value (not shown)");

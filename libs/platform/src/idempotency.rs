@@ -90,7 +90,8 @@ where
     }
 }
 
-fn parse_request_id(text: &str) -> Result<Option<uuid::Uuid>, ApiError> {
+/// A `request_id` as sent: empty (no idempotency wanted) or a UUID.
+pub fn parse_request_id(text: &str) -> Result<Option<uuid::Uuid>, ApiError> {
     if text.is_empty() {
         return Ok(None);
     }

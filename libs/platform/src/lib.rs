@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod local_pg;
+pub mod names;
 pub mod paging;
 pub mod server;
 pub mod single_writer;

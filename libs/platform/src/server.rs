@@ -42,8 +42,9 @@ pub struct ServiceDef {
     /// Encoded descriptor set of the service's package, for reflection.
     pub descriptor_set: &'static [u8],
     pub schema: Schema,
-    /// Builds the service's handlers.
-    pub routes: fn(ServiceContext) -> Routes,
+    /// Builds the service's handlers; fails, naming the configuration key, when the service
+    /// lacks a setting it cannot serve without.
+    pub routes: fn(ServiceContext) -> anyhow::Result<Routes>,
 }
 
 /// What a service's handlers are built with.
@@ -73,7 +74,7 @@ pub async fn bind(def: &ServiceDef, settings: &Settings) -> anyhow::Result<TcpLi
     let addr = settings
         .service(def.name)
         .with_context(|| format!("no configuration section `{}`", def.name))?
-        .listen;
+        .0;
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("{}: cannot listen on {addr}", def.name))
@@ -127,7 +128,7 @@ pub async fn serve(
         outgoing,
         draining,
     };
-    let routes = (def.routes)(context)
+    let routes = (def.routes)(context)?
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use portal_platform::auth::Kind;
 use portal_platform::auth::keys::{TokenSigner, trust_one_key_for_everything};
-use portal_platform::config::Settings;
+use portal_platform::config::{Settings, random_secret_key};
 
 /// Key id of the harness's key.
 pub const TEST_KEY_ID: &str = "test-key";
@@ -61,8 +61,15 @@ pub fn stranger() -> TokenSigner {
     TokenSigner::new(TEST_KEY_ID, key, format!("portal/{TEST_REGION}"))
 }
 
-/// Makes `settings` trust the harness's key for every kind and sign with it.
+/// Makes `settings` trust the harness's key for every kind and sign with it, gives identity
+/// this process's PI keys (the same for every service the test starts, so a restarted
+/// identity still opens what it sealed) and a cheap Argon2 cost.
 pub fn configure(settings: &mut Settings) -> anyhow::Result<()> {
+    static PI_KEYS: OnceLock<(String, String)> = OnceLock::new();
+    let (kek, lookup) = PI_KEYS.get_or_init(|| (random_secret_key(), random_secret_key()));
+    settings.identity.use_keys("test-kek", kek, lookup);
+    settings.identity.argon2.memory_kib = 64;
+    settings.identity.argon2.iterations = 1;
     Ok(trust_one_key_for_everything(
         settings,
         TEST_KEY_ID,

@@ -59,6 +59,11 @@ impl TcpProxy {
         Ok((proxy, SecretString::from(parsed.to_string())))
     }
 
+    /// Where the proxy listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
         self.cut.send_replace(true);

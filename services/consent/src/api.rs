@@ -15,7 +15,7 @@ use portal_proto::consent::v1::{
 use std::sync::Arc;
 
 use portal_platform::auth::Caller;
-use portal_platform::auth::keys::{TokenSigner, published_keys};
+use portal_platform::auth::keys::{PublishedKeys, TokenSigner};
 use portal_platform::config::Deployment;
 use portal_proto::consent::v1::consent_decision::Reason;
 use portal_proto::consent::v1::{
@@ -45,17 +45,12 @@ pub struct ConsentServiceApi {
     /// The operating entity and country, named in receipts as controller and jurisdiction.
     deployment: Arc<Deployment>,
     /// The keys that verify receipts: the current one first, then retired ones.
-    published_keys: Arc<Vec<(String, Vec<u8>)>>,
+    published_keys: Arc<PublishedKeys>,
 }
 
 impl ConsentServiceApi {
     pub fn new(context: ServiceContext) -> Self {
-        // Validated at start-up (`Settings::validate`), so nothing is lost here.
-        let published_keys = published_keys(&context.settings)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key_id, key)| (key_id, key.to_bytes().to_vec()))
-            .collect();
+        let published_keys = PublishedKeys::from_settings(&context.settings);
         Self {
             pool: context.pool,
             signer: context.signer,
@@ -539,11 +534,10 @@ impl ConsentService for ConsentServiceApi {
     ) -> Result<Response<ListSigningKeysResponse>, Status> {
         auth::caller(&request).map_err(status)?;
         let body = request.get_ref();
-        paging::page_size(body.page_size).map_err(status)?;
-        // Every key fits one page, so no token is ever issued: any token given is not ours.
-        paging::decode_token::<i64>(&body.page_token, "signing-keys").map_err(status)?;
         let signing_keys = self
             .published_keys
+            .page(body.page_size, &body.page_token)
+            .map_err(status)?
             .iter()
             .map(|(key_id, public_key)| SigningKey {
                 key_id: key_id.clone(),

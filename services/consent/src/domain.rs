@@ -195,7 +195,7 @@ pub fn follows(new: &NewDocument, latest: Option<Latest>) -> Result<(), ApiError
     Ok(())
 }
 
-fn invalid(problems: Vec<(&str, String)>) -> ApiError {
+fn invalid<F: Into<String>>(problems: Vec<(F, String)>) -> ApiError {
     let mut error = ApiError::invalid_argument("INVALID_REQUEST", "the document is not valid");
     for (field, description) in problems {
         error = error.violation(field, description);
@@ -385,18 +385,27 @@ pub fn new_consent(
         None => {}
     }
     let attested = basis == Some(ConsentBasis::ContractPartyAttestation);
+    let mut problems: Vec<(String, String)> = problems
+        .into_iter()
+        .map(|(f, d)| (f.to_owned(), d))
+        .collect();
     match (&request.evidence, attested) {
         (Some(evidence), true) => problems.extend(attestation_problems(evidence, now)),
-        (None, true) => {
-            problems.push(("evidence", "required for CONTRACT_PARTY_ATTESTATION".into()))
-        }
-        (Some(_), false) => {
-            problems.push(("evidence", "only for CONTRACT_PARTY_ATTESTATION".into()))
-        }
+        (None, true) => problems.push((
+            "evidence".into(),
+            "required for CONTRACT_PARTY_ATTESTATION".into(),
+        )),
+        (Some(_), false) => problems.push((
+            "evidence".into(),
+            "only for CONTRACT_PARTY_ATTESTATION".into(),
+        )),
         (None, false) => {}
     }
     if request.expected_terms_version < 0 {
-        problems.push(("expected_terms_version", "must not be negative".into()));
+        problems.push((
+            "expected_terms_version".into(),
+            "must not be negative".into(),
+        ));
     }
     match (basis, problems.is_empty()) {
         (Some(basis), true) => Ok(NewConsent {
@@ -417,31 +426,14 @@ pub fn is_entity_name(name: &str) -> bool {
         .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
 }
 
-fn attestation_problems(evidence: &Attestation, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
-    let mut problems = Vec::new();
-    let by = evidence.attested_by.chars().count();
-    if by == 0 || by > 256 {
-        problems.push(("evidence.attested_by", "must be 1-256 characters".into()));
-    }
-    match evidence
-        .attest_time
-        .as_ref()
-        .map(|t| from_timestamp(t, "evidence.attest_time"))
-    {
-        Some(Ok(time)) if time <= now + BACKDATING_TOLERANCE => {}
-        Some(Ok(_)) => problems.push(("evidence.attest_time", "must not be in the future".into())),
-        _ => problems.push(("evidence.attest_time", "required, a valid time".into())),
-    }
-    let uri_ok = evidence.evidence_uri.len() <= 2048
-        && url::Url::parse(&evidence.evidence_uri)
-            .is_ok_and(|u| u.scheme() == "urn" || (u.scheme() == "https" && u.has_host()));
-    if !uri_ok {
-        problems.push((
-            "evidence.evidence_uri",
-            "must be an absolute https or urn URI".into(),
-        ));
-    }
-    problems
+fn attestation_problems(evidence: &Attestation, now: DateTime<Utc>) -> Vec<(String, String)> {
+    portal_platform::names::attestation_problems(
+        "evidence",
+        &evidence.attested_by,
+        evidence.attest_time.as_ref(),
+        &evidence.evidence_uri,
+        now,
+    )
 }
 
 /// The two forms of withdrawal.

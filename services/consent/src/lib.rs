@@ -28,10 +28,10 @@ pub static SERVICE: ServiceDef = ServiceDef {
     routes,
 };
 
-fn routes(context: ServiceContext) -> Routes {
+fn routes(context: ServiceContext) -> anyhow::Result<Routes> {
     let max = context.max_message_bytes();
     let server = ConsentServiceServer::new(api::ConsentServiceApi::new(context))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    Routes::new(server)
+    Ok(Routes::new(server))
 }

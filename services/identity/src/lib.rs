@@ -1,9 +1,13 @@
 //! The identity service: Tenants, Portal Users (the three PI fields of Article 2, encrypted), registration, sign-in, deletion and the user's own data export.
 //!
-//! `api` holds the gRPC handlers; the domain rules and the SQL arrive with the issues that
-//! implement the methods.
+//! `api` holds the gRPC handlers, `domain` the rules (no I/O), `crypto` the key hierarchy that
+//! protects PI, `store` the SQL and `consent` the calls to the consent service.
 
 mod api;
+mod consent;
+mod crypto;
+mod domain;
+mod store;
 
 use portal_platform::db::Schema;
 use portal_platform::events::{self, NewEvent};
@@ -29,12 +33,12 @@ pub static SERVICE: ServiceDef = ServiceDef {
     routes,
 };
 
-fn routes(context: ServiceContext) -> Routes {
+fn routes(context: ServiceContext) -> anyhow::Result<Routes> {
     let max = context.max_message_bytes();
-    let server = IdentityServiceServer::new(api::IdentityServiceApi::new(context))
+    let server = IdentityServiceServer::new(api::IdentityServiceApi::new(context)?)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    Routes::new(server)
+    Ok(Routes::new(server))
 }
 
 /// `event_type` of every user event in identity's outbox; the suffix is the `UserEvent.Type`

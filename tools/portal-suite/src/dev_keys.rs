@@ -13,11 +13,13 @@ use portal_platform::auth::Kind;
 use portal_platform::auth::keys::{
     TokenSigner, audience, generate_key, parse_private_key, trust_one_key_for_everything,
 };
-use portal_platform::config::Settings;
+use portal_platform::config::{Settings, random_secret_key};
 
 const KEY_ID: &str = "portal-suite-dev";
 const KEY_FILE: &str = "dev-signing-key";
 const OPERATOR_TOKEN_FILE: &str = "operator.token";
+const PI_KEK_FILE: &str = "dev-pi-kek";
+const PI_LOOKUP_FILE: &str = "dev-pi-lookup-key";
 /// The development OPERATOR token lasts a working day.
 const OPERATOR_TOKEN_TTL_SECS: i64 = 12 * 3600;
 
@@ -28,14 +30,28 @@ pub fn wanted(settings: &Settings) -> bool {
 
 /// Loads (or makes) the development key and configures `settings` to trust and sign with it.
 pub fn install(settings: &mut Settings, data_dir: &Path) -> anyhow::Result<()> {
-    let private_key = load_or_create(data_dir)?;
+    let private_key = load_or_create(data_dir, KEY_FILE, || generate_key().0)?;
     trust_one_key_for_everything(settings, KEY_ID, &private_key)?;
+    Ok(())
+}
+
+/// Development PI keys for identity (a KEK and the lookup key), kept in the data folder so
+/// what identity sealed in earlier runs still opens. Only when none are configured.
+pub fn install_pi_keys(settings: &mut Settings, data_dir: &Path) -> anyhow::Result<()> {
+    if !settings.identity.lacks_keys() {
+        return Ok(());
+    }
+    let kek = load_or_create(data_dir, PI_KEK_FILE, random_secret_key)?;
+    let lookup = load_or_create(data_dir, PI_LOOKUP_FILE, random_secret_key)?;
+    settings
+        .identity
+        .use_keys("portal-suite-dev-kek", &kek, &lookup);
     Ok(())
 }
 
 /// Writes a fresh OPERATOR token next to the key and returns the file's path.
 pub fn write_operator_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<PathBuf> {
-    let private_key = load_or_create(data_dir)?;
+    let private_key = load_or_create(data_dir, KEY_FILE, || generate_key().0)?;
     let (token, _) = signer(settings, &private_key)?.mint(
         Kind::Operator,
         "operators/portal-suite",
@@ -75,15 +91,20 @@ fn signer(settings: &Settings, private_key: &str) -> anyhow::Result<TokenSigner>
     Ok(TokenSigner::new(KEY_ID, key, audience(settings)))
 }
 
-fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join(KEY_FILE);
+/// The secret in `data_dir/name`, made with `make` (and kept) the first time.
+fn load_or_create(
+    data_dir: &Path,
+    name: &str,
+    make: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    let path = data_dir.join(name);
     if let Ok(existing) = fs::read_to_string(&path) {
         return Ok(existing.trim().to_owned());
     }
     fs::create_dir_all(data_dir)?;
-    let (private_key, _) = generate_key();
-    write_private(&path, &private_key)?;
-    Ok(private_key)
+    let secret = make();
+    write_private(&path, &secret)?;
+    Ok(secret)
 }
 
 /// Secrets are written readable by their owner only.

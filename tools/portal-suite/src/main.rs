@@ -132,6 +132,7 @@ async fn run(data_dir: PathBuf, mut settings: Settings) -> anyhow::Result<()> {
             token.display()
         );
     }
+    dev_keys::install_pi_keys(&mut settings, &data_dir)?;
     let (url, cluster) = choose_database(&settings, &data_dir.join("postgres")).await?;
     settings.database.url = Some(url);
     if cluster.is_some() {

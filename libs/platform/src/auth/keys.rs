@@ -272,6 +272,35 @@ pub fn published_keys(settings: &Settings) -> Result<Vec<(String, VerifyingKey)>
     Ok(keys)
 }
 
+/// What a service's ListSigningKeys serves: [`published_keys`] as raw 32-byte keys.
+#[derive(Debug, Clone, Default)]
+pub struct PublishedKeys(Vec<(String, Vec<u8>)>);
+
+impl PublishedKeys {
+    /// Read at start-up; `Settings::validate` has already checked the keys.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self(
+            published_keys(settings)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(key_id, key)| (key_id, key.to_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    /// The page a ListSigningKeys request asks for, as (key id, public key). Every key fits
+    /// one page, so no token is ever issued and any token given is not ours.
+    pub fn page(
+        &self,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<&[(String, Vec<u8>)], crate::ApiError> {
+        crate::paging::page_size(page_size)?;
+        crate::paging::decode_token::<i64>(page_token, "signing-keys")?;
+        Ok(&self.0)
+    }
+}
+
 /// A new random Ed25519 key: (private key, public key), both base64.
 pub fn generate_key() -> (String, String) {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
