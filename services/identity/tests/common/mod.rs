@@ -35,10 +35,13 @@ pub struct Suite {
 
 /// Identity and consent on one database, terms version 1 in force.
 pub async fn suite() -> Suite {
-    suite_with(&[]).await
+    let mut suite = suite_with(&[]).await;
+    publish_terms(&mut suite.consent, 1).await;
+    suite
 }
 
-/// As [`suite`], with extra `PORTAL_...` settings for identity.
+/// Identity and consent on one database, no terms published yet; identity gets extra
+/// `PORTAL_...` settings.
 pub async fn suite_with(identity_env: &[(&str, &str)]) -> Suite {
     let db = TestDb::new(&[
         identity_service::SERVICE.schema,
@@ -60,8 +63,7 @@ pub async fn suite_with(identity_env: &[(&str, &str)]) -> Suite {
     .await
     .unwrap();
     let identity = IdentityServiceClient::new(identity_service.channel().await.unwrap());
-    let mut consent = ConsentServiceClient::new(consent_service.channel().await.unwrap());
-    publish_terms(&mut consent, 1).await;
+    let consent = ConsentServiceClient::new(consent_service.channel().await.unwrap());
     Suite {
         db,
         consent_service,
