@@ -634,6 +634,35 @@ mod tests {
     }
 
     #[test]
+    fn identity_keys_are_checked_and_never_quoted() {
+        let err = load(&[("PORTAL_IDENTITY__LOOKUP_KEY", "hunter2-secret")]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("identity.lookup_key"), "{text}");
+        assert!(!text.contains("hunter2-secret"), "{text}");
+
+        let err = load(&[("PORTAL_IDENTITY__CURRENT_KEY_ENCRYPTION_KEY", "kek-9")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("identity.current_key_encryption_key"),
+            "{err}"
+        );
+
+        let err = load(&[("PORTAL_IDENTITY__ACCESS_TOKEN_TTL_SECS", "3600")]).unwrap_err();
+        assert!(
+            err.to_string().contains("identity.access_token_ttl_secs"),
+            "{err}"
+        );
+
+        let mut settings = load(&[]).unwrap();
+        let key = random_secret_key();
+        settings
+            .identity
+            .use_keys("kek-1", &key, &random_secret_key());
+        settings.validate().unwrap();
+        assert!(!format!("{settings:?}").contains(&key));
+    }
+
+    #[test]
     fn a_bad_database_url_is_reported_without_its_value() {
         let err = load(&[("DATABASE_URL", "mysql://root:hunter2-secret@db/x")]).unwrap_err();
         let text = err.to_string();

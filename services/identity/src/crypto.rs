@@ -266,8 +266,12 @@ mod tests {
     use portal_platform::config::SecretKeySettings;
 
     fn keys() -> Keys {
+        Keys::from_settings(&settings()).unwrap()
+    }
+
+    fn settings() -> IdentitySettings {
         let key = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
-        let settings = IdentitySettings {
+        IdentitySettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             endpoint: None,
             access_token_ttl_secs: 900,
@@ -292,8 +296,7 @@ mod tests {
             ],
             current_key_encryption_key: Some("new".into()),
             lookup_key: Some(key(3).into()),
-        };
-        Keys::from_settings(&settings).unwrap()
+        }
     }
 
     fn pi() -> Pi {
@@ -302,6 +305,18 @@ mod tests {
             email: "user@example.com".into(),
             phone_number: "+81300000000".into(),
         }
+    }
+
+    #[test]
+    fn identity_does_not_serve_without_its_keys_and_says_which() {
+        let mut settings = settings();
+        settings.lookup_key = None;
+        let err = Keys::from_settings(&settings).unwrap_err().to_string();
+        assert!(err.contains("identity.lookup_key"), "{err}");
+        let mut settings = self::settings();
+        settings.current_key_encryption_key = None;
+        let err = Keys::from_settings(&settings).unwrap_err().to_string();
+        assert!(err.contains("identity.current_key_encryption_key"), "{err}");
     }
 
     #[test]
@@ -323,16 +338,25 @@ mod tests {
     }
 
     #[test]
-    fn a_data_key_wrapped_by_an_older_kek_still_opens() {
-        let keys = keys();
+    fn a_data_key_wrapped_by_an_older_kek_still_opens_after_rotation() {
+        let mut before = settings();
+        before.current_key_encryption_key = Some("old".into());
+        let before = Keys::from_settings(&before).unwrap();
         let id = Uuid::now_v7();
-        let sealed = keys.seal_new(id, &pi()).unwrap();
-        assert!(keys.open(id, &sealed.pi, &sealed.data_key, "old").is_err());
-        let resealed = keys
+        let sealed = before.seal_new(id, &pi()).unwrap();
+        assert_eq!(sealed.kek_id, "old");
+        // Rotated: "new" wraps new keys, "old" still unwraps what it wrapped.
+        let after = keys();
+        assert_eq!(
+            after.open(id, &sealed.pi, &sealed.data_key, "old").unwrap(),
+            pi()
+        );
+        assert!(after.open(id, &sealed.pi, &sealed.data_key, "new").is_err());
+        let updated = after
             .reseal(id, &sealed.data_key, &sealed.kek_id, &Pi::default())
             .unwrap();
         assert_eq!(
-            keys.open(id, &resealed, &sealed.data_key, "new").unwrap(),
+            after.open(id, &updated, &sealed.data_key, "old").unwrap(),
             Pi::default()
         );
     }
