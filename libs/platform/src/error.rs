@@ -22,6 +22,8 @@ struct Failure {
     domain: &'static str,
     violations: Vec<(String, String)>,
     metadata: HashMap<String, String>,
+    /// `google.rpc.ResourceInfo` (type, name) of the resource a NOT_FOUND is about.
+    resource: Option<(String, String)>,
 }
 
 impl ApiError {
@@ -33,6 +35,7 @@ impl ApiError {
             domain: "portal",
             violations: Vec::new(),
             metadata: HashMap::new(),
+            resource: None,
         }))
     }
 
@@ -84,6 +87,13 @@ impl ApiError {
         self
     }
 
+    /// Names the resource the error is about (`google.rpc.ResourceInfo`): its type, e.g.
+    /// `portal.identity.v1.User`, and the name the caller gave. Never PI.
+    pub fn resource(mut self, resource_type: &str, name: &str) -> Self {
+        self.0.resource = Some((resource_type.to_owned(), name.to_owned()));
+        self
+    }
+
     /// Adds `ErrorInfo` metadata (ids and states only: never personal information).
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.0.metadata.insert(key.into(), value.into());
@@ -120,6 +130,9 @@ impl From<ApiError> for tonic::Status {
         details.set_error_info(error.reason, error.domain, error.metadata);
         for (field, description) in error.violations {
             details.add_bad_request_violation(field, description);
+        }
+        if let Some((resource_type, name)) = error.resource {
+            details.set_resource_info(resource_type, name, "", error.message.clone());
         }
         tonic::Status::with_error_details(error.code, error.message, details)
     }

@@ -225,9 +225,8 @@ impl ConsentService for ConsentServiceApi {
                 }
                 // Consent already in force for this terms version or recipient: nothing to add.
                 let existing = if consent.basis.is_article_5_1() {
-                    state
-                        .basis_record
-                        .filter(|_| state.active && state.consented_terms_version == terms)
+                    store::given_under_terms(tx, &subject.name, terms, consent.basis.as_str())
+                        .await?
                 } else {
                     store::explicit_consent(tx, &subject.name, &consent.recipient_entity).await?
                 };

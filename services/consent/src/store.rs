@@ -170,14 +170,13 @@ pub struct StateRow {
     pub tenant: String,
     pub active: bool,
     pub consented_terms_version: i64,
-    pub basis_record: Option<uuid::Uuid>,
     pub withdrawn: bool,
     pub withdraw_time: Option<DateTime<Utc>>,
     pub withdraw_record: Option<uuid::Uuid>,
     pub last_sequence: i64,
 }
 
-const STATE_COLUMNS: &str = "subject, tenant, active, consented_terms_version, basis_record, \
+const STATE_COLUMNS: &str = "subject, tenant, active, consented_terms_version, \
     withdrawn, withdraw_time, withdraw_record, last_sequence";
 
 /// The subject's state row, created if missing and locked until the transaction ends: every
@@ -410,6 +409,26 @@ async fn set_last_sequence(
 }
 
 /// The explicit consent in force for `recipient`, if any.
+/// The latest entry giving consent on `basis` under terms `version`, if any: Art. 5.1 consent
+/// is recorded once per subject, terms version and basis.
+pub async fn given_under_terms(
+    conn: &mut PgConnection,
+    subject: &str,
+    version: i64,
+    basis: &str,
+) -> Result<Option<uuid::Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM consent.ledger
+          WHERE subject = $1 AND terms_version = $2 AND action = 'given' AND basis = $3
+          ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(subject)
+    .bind(version)
+    .bind(basis)
+    .fetch_optional(conn)
+    .await
+}
+
 pub async fn explicit_consent(
     conn: &mut PgConnection,
     subject: &str,

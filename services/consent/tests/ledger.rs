@@ -188,6 +188,25 @@ async fn a_contract_party_registration_needs_the_attestation() {
     assert_eq!(recorded.basis(), Basis::ContractPartyAttestation);
     assert_eq!(recorded.evidence, Some(evidence));
     assert_eq!(recorded.recorded_by, "services/identity");
+
+    // The user's own first use (activation) is deemed consent in its own right (Art. 5.1),
+    // recorded beside the attestation, and then once per terms version.
+    let used = consent
+        .client
+        .record_consent(as_identity(deemed(&user(2), "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(used.basis(), Basis::DeemedByUse);
+    assert_ne!(used.name, recorded.name);
+    let again = consent
+        .client
+        .record_consent(as_identity(deemed(&user(2), "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.name, used.name);
+    assert_eq!(ledger_of(&mut consent.client, &user(2)).await.len(), 2);
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use portal_platform::auth::keys::{PublishedKeys, TokenSigner};
 use portal_platform::auth::{self, Caller, Kind};
 use portal_platform::config::IdentitySettings;
@@ -95,12 +95,16 @@ impl IdentityServiceApi {
         if caller.kind != Kind::User {
             return Ok(());
         }
+        // A token claims roles as they were at sign-in: one claiming a role the user has since
+        // lost stops working too (sign in again), so a demoted admin cannot act as one.
         let live = match names::user_ids(&caller.subject) {
             Some((tenant, id)) => {
                 let mut conn = self.pool.acquire().await?;
                 store::user(&mut conn, tenant, id, false)
                     .await?
-                    .is_some_and(|row| row.state == "ACTIVE")
+                    .is_some_and(|row| {
+                        row.state == "ACTIVE" && caller.roles.iter().all(|r| row.roles.contains(r))
+                    })
             }
             None => false,
         };
@@ -109,7 +113,7 @@ impl IdentityServiceApi {
         } else {
             Err(ApiError::unauthenticated(
                 "TOKEN_INVALID",
-                "the token's user no longer exists or cannot act",
+                "the token's user no longer exists or has other roles now; sign in again",
             ))
         }
     }
@@ -156,7 +160,7 @@ impl IdentityServiceApi {
             Kind::Operator => Ok((Channel::ContractParty, None)),
             Kind::User if caller.has_role("TENANT_ADMIN") => {
                 if caller.tenant.as_deref() != Some(tenant_name(tenant).as_str()) {
-                    return Err(tenant_not_found());
+                    return Err(tenant_not_found(tenant));
                 }
                 self.require_live(caller).await?;
                 Ok((Channel::ContractParty, Some(caller.subject.clone())))
@@ -201,16 +205,10 @@ impl IdentityServiceApi {
         }
         store::forget_abandoned_registrations(&mut tx, now).await?;
         if store::tenant(&mut tx, tenant).await?.is_none() {
-            return Err(tenant_not_found());
+            return Err(tenant_not_found(tenant));
         }
         if caller.kind == Kind::Operator {
             store::lock_tenant(&mut tx, tenant).await?;
-            if store::has_admin(&mut tx, tenant, None, true).await? {
-                return Err(ApiError::failed_precondition(
-                    "TENANT_HAS_ADMIN",
-                    "the tenant has an administrator, who registers its users",
-                ));
-            }
         }
         store::lock_email(&mut tx, &email_hash).await?;
         let take_over = match store::user_by_email(&mut tx, &email_hash).await? {
@@ -218,6 +216,17 @@ impl IdentityServiceApi {
             Some(_) => return Err(store::email_taken()),
             None => None,
         };
+        // The operator bootstraps one first admin: an admin being registered counts too, so
+        // concurrent bootstraps cannot both succeed.
+        let any_admin = ["ACTIVE", "PENDING_ACTIVATION", "REGISTERING"];
+        if caller.kind == Kind::Operator
+            && store::has_admin(&mut tx, tenant, take_over, &any_admin).await?
+        {
+            return Err(ApiError::failed_precondition(
+                "TENANT_HAS_ADMIN",
+                "the tenant has an administrator (or one is being registered), who registers its users",
+            ));
+        }
         let id = take_over.unwrap_or_else(Uuid::now_v7);
         let sealed = self.keys.seal_new(id, &registration.pi)?;
         let attestation = registration.attestation.as_ref();
@@ -319,12 +328,14 @@ fn not_allowed() -> ApiError {
     ApiError::permission_denied("CALLER_NOT_ALLOWED", "this caller may not call this method")
 }
 
-fn tenant_not_found() -> ApiError {
+fn tenant_not_found(tenant: Uuid) -> ApiError {
     ApiError::not_found("TENANT_NOT_FOUND", "no such tenant")
+        .resource("portal.identity.v1.Tenant", &tenant_name(tenant))
 }
 
-fn user_not_found() -> ApiError {
+fn user_not_found(tenant: Uuid, id: Uuid) -> ApiError {
     ApiError::not_found("USER_NOT_FOUND", "no such user")
+        .resource("portal.identity.v1.User", &user_name(tenant, id))
 }
 
 fn seconds(secs: u64) -> chrono::Duration {
@@ -345,7 +356,7 @@ fn parse_user(name: &str, field: &str) -> Result<(Uuid, Uuid), ApiError> {
 fn on_tenant(caller: &Caller, tenant: Uuid, staff: &[Kind]) -> Result<View, ApiError> {
     if caller.kind == Kind::User {
         if caller.tenant.as_deref() != Some(tenant_name(tenant).as_str()) {
-            return Err(tenant_not_found());
+            return Err(tenant_not_found(tenant));
         }
         return if caller.has_role("TENANT_ADMIN") {
             Ok(View::WithPi)
@@ -366,7 +377,7 @@ fn on_tenant(caller: &Caller, tenant: Uuid, staff: &[Kind]) -> Result<View, ApiE
 fn on_user(caller: &Caller, tenant: Uuid, id: Uuid, staff: &[Kind]) -> Result<View, ApiError> {
     if caller.kind == Kind::User {
         if caller.tenant.as_deref() != Some(tenant_name(tenant).as_str()) {
-            return Err(user_not_found());
+            return Err(user_not_found(tenant, id));
         }
         return if caller.subject == user_name(tenant, id) || caller.has_role("TENANT_ADMIN") {
             Ok(View::WithPi)
@@ -499,7 +510,7 @@ impl IdentityService for IdentityServiceApi {
         let id = parse_tenant(&request.get_ref().name, "name").map_err(status)?;
         if caller.kind == Kind::User {
             if caller.tenant.as_deref() != Some(tenant_name(id).as_str()) {
-                return Err(status(tenant_not_found()));
+                return Err(status(tenant_not_found(id)));
             }
             self.require_live(caller).await.map_err(status)?;
         } else {
@@ -511,7 +522,7 @@ impl IdentityService for IdentityServiceApi {
         let row = store::tenant(&mut conn, id)
             .await
             .map_err(|e| status(e.into()))?
-            .ok_or_else(|| status(tenant_not_found()))?;
+            .ok_or_else(|| status(tenant_not_found(id)))?;
         Ok(Response::new(tenant_to_proto(row)))
     }
 
@@ -685,7 +696,7 @@ impl IdentityService for IdentityServiceApi {
         let row = store::user(&mut conn, tenant, id, false)
             .await
             .map_err(|e| status(e.into()))?
-            .ok_or_else(|| status(user_not_found()))?;
+            .ok_or_else(|| status(user_not_found(tenant, id)))?;
         Ok(Response::new(self.to_user(&row, view).map_err(status)?))
     }
 
@@ -727,7 +738,7 @@ impl IdentityService for IdentityServiceApi {
             .map_err(|e| status(e.into()))?
             .is_none()
         {
-            return Err(status(tenant_not_found()));
+            return Err(status(tenant_not_found(tenant)));
         }
         drop(conn);
         let mut rows = store::list_users(&self.pool, tenant, body.show_deleted, after, size + 1)
@@ -853,7 +864,7 @@ impl IdentityService for IdentityServiceApi {
         let row = store::user(&mut conn, tenant, id, false)
             .await
             .map_err(|e| status(e.into()))?
-            .ok_or_else(|| status(user_not_found()))?;
+            .ok_or_else(|| status(user_not_found(tenant, id)))?;
         drop(conn);
         let user = self.to_user(&row, view).map_err(status)?;
         let consent_records = self
@@ -905,9 +916,14 @@ impl IdentityServiceApi {
         changes: domain::Changes,
     ) -> Result<User, ApiError> {
         let mut tx = self.pool.begin().await?;
+        if changes.roles.is_some() {
+            // Role changes in one tenant go one at a time, so two admins demoting each other
+            // cannot both pass the last-admin check.
+            store::lock_tenant(&mut tx, tenant).await?;
+        }
         let row = store::user(&mut tx, tenant, id, true)
             .await?
-            .ok_or_else(user_not_found)?;
+            .ok_or_else(|| user_not_found(tenant, id))?;
         if row.state == "DELETED" {
             return Err(ApiError::failed_precondition(
                 "USER_DELETED",
@@ -919,7 +935,8 @@ impl IdentityServiceApi {
         else {
             return Err(ApiError::internal("a live user has no sealed PI"));
         };
-        let mut pi: Pi = self.keys.open(row.id, sealed, data_key, kek_id)?;
+        let before: Pi = self.keys.open(row.id, sealed, data_key, kek_id)?;
+        let mut pi = before.clone();
         if let Some(name) = changes.display_name {
             pi.display_name = name;
         }
@@ -930,12 +947,16 @@ impl IdentityServiceApi {
             pi.phone_number = phone;
         }
         let roles = changes.roles.unwrap_or_else(|| row.roles.clone());
+        if pi == before && roles == row.roles {
+            // Nothing changes: the same answer, no new version, no event.
+            return self.to_user(&row, View::WithPi);
+        }
         let was_admin = row.roles.iter().any(|r| r == "TENANT_ADMIN");
         let stays_admin = roles.iter().any(|r| r == "TENANT_ADMIN");
         if row.state == "ACTIVE"
             && was_admin
             && !stays_admin
-            && !store::has_admin(&mut tx, tenant, Some(id), false).await?
+            && !store::has_admin(&mut tx, tenant, Some(id), &["ACTIVE"]).await?
         {
             return Err(ApiError::failed_precondition(
                 "LAST_TENANT_ADMIN",
@@ -962,7 +983,7 @@ impl IdentityServiceApi {
         let mut conn = self.pool.acquire().await?;
         let row = store::user(&mut conn, tenant, id, false)
             .await?
-            .ok_or_else(user_not_found)?;
+            .ok_or_else(|| user_not_found(tenant, id))?;
         drop(conn);
         if let Some(receipt) = &row.deletion_receipt {
             return stored_receipt(receipt);
@@ -973,12 +994,13 @@ impl IdentityServiceApi {
         let mut tx = self.pool.begin().await?;
         let row = store::user(&mut tx, tenant, id, true)
             .await?
-            .ok_or_else(user_not_found)?;
+            .ok_or_else(|| user_not_found(tenant, id))?;
         if let Some(receipt) = &row.deletion_receipt {
             return stored_receipt(receipt);
         }
         check_etag(etag_given, &row)?;
-        let now = Utc::now();
+        // The database keeps microseconds; the receipt states the time exactly as stored.
+        let now = Utc::now().trunc_subsecs(6);
         let sequence = emit(&mut tx, EventType::Deleted, tenant, id).await?;
         let mut receipt = DeletionReceipt {
             receipt_id: Uuid::now_v7().to_string(),

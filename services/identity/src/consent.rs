@@ -91,7 +91,7 @@ impl Consent {
                 Scope::ThirdPartyDisclosure.into(),
             ],
             recipient_entity: String::new(),
-            reason: "the user's registration was deleted (Art. 5.3)".to_owned(),
+            reason: "user registration deleted (Art. 5.3)".to_owned(),
         };
         let record = self
             .client

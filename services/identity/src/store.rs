@@ -87,23 +87,21 @@ pub async fn tenant(conn: &mut PgConnection, id: Uuid) -> Result<Option<TenantRo
         .await
 }
 
-/// Whether the tenant has a TENANT_ADMIN who is ACTIVE or PENDING_ACTIVATION, other than
-/// `except`.
+/// Whether the tenant has a TENANT_ADMIN in one of `states`, other than `except`.
 pub async fn has_admin(
     conn: &mut PgConnection,
     tenant: Uuid,
     except: Option<Uuid>,
-    include_pending: bool,
+    states: &[&str],
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM identity.users
-          WHERE tenant_id = $1 AND 'TENANT_ADMIN' = ANY (roles)
-            AND (state = 'ACTIVE' OR ($3 AND state = 'PENDING_ACTIVATION'))
+          WHERE tenant_id = $1 AND 'TENANT_ADMIN' = ANY (roles) AND state = ANY ($3)
             AND id IS DISTINCT FROM $2)",
     )
     .bind(tenant)
     .bind(except)
-    .bind(include_pending)
+    .bind(states)
     .fetch_one(conn)
     .await
 }

@@ -457,7 +457,7 @@ async fn activation_needs_the_live_secret_and_a_strong_password() {
     suite.consent_link.restore();
     let active = activate(&mut suite, &registered).await;
     assert_eq!(active.state(), State::Active);
-    // The first use of the portal recorded deemed consent (Art. 5.1) after the attestation.
+    // The first use of the portal recorded deemed consent (Art. 5.1) beside the attestation.
     let records = suite
         .consent
         .list_consent_records(as_operator(
@@ -470,7 +470,14 @@ async fn activation_needs_the_live_secret_and_a_strong_password() {
         .unwrap()
         .into_inner()
         .consent_records;
-    assert_eq!(records.len(), 1, "the same terms version is consented once");
+    let bases: Vec<_> = records.iter().map(|r| r.basis()).collect();
+    assert_eq!(
+        bases,
+        [
+            portal_proto::consent::v1::Basis::ContractPartyAttestation,
+            portal_proto::consent::v1::Basis::DeemedByUse
+        ]
+    );
     assert_error(
         suite
             .identity
@@ -566,5 +573,27 @@ async fn the_database_holds_no_plaintext_personal_information() {
             !dump.contains(&hex),
             "plaintext email bytes in the identity schema"
         );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_bootstraps_register_one_first_admin() {
+    let mut suite = suite().await;
+    let tenant = create_tenant(&mut suite.identity, "PSC-2026-000021").await;
+    let attempts = (0..4).map(|n| {
+        let mut identity = suite.identity.clone();
+        let request = registration(
+            &tenant,
+            person(30 + n, &[Role::TenantAdmin]),
+            "contracts/x/s/1",
+        );
+        async move { identity.register_user(as_operator(request)).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    for refused in results.into_iter().filter_map(Result::err) {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_eq!(reason(&refused), "TENANT_HAS_ADMIN");
     }
 }
