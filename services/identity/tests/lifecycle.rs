@@ -1085,3 +1085,132 @@ async fn the_user_event_feed_tells_each_step_of_a_users_life_by_id_only() {
         }
     }
 }
+
+#[tokio::test]
+async fn two_admins_demoting_themselves_at_once_leave_the_tenant_one_admin() {
+    let mut suite = suite().await;
+    let tenant = create_tenant(&mut suite.identity, "PSC-2026-000900").await;
+    let first = first_admin(&mut suite, &tenant, 900).await;
+    let second = colleague(&mut suite, &tenant, &first, 901).await;
+    let promote = User {
+        name: second.name.clone(),
+        roles: vec![Role::TenantAdmin.into()],
+        ..User::default()
+    };
+    let second = suite
+        .identity
+        .update_user(as_user(update(promote, &["roles"]), &first))
+        .await
+        .unwrap()
+        .into_inner();
+    let demote = |admin: &User| {
+        let mut identity = suite.identity.clone();
+        let me = User {
+            name: admin.name.clone(),
+            roles: vec![Role::Member.into()],
+            ..User::default()
+        };
+        let request = as_user(update(me, &["roles"]), admin);
+        async move { identity.update_user(request).await }
+    };
+    let (a, b) = tokio::join!(demote(&first), demote(&second));
+    let results = [a, b];
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    let refused = results.into_iter().find_map(Result::err).unwrap();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "LAST_TENANT_ADMIN");
+}
+
+#[tokio::test]
+async fn a_demoted_admins_token_stops_working_at_once() {
+    let mut suite = suite().await;
+    let tenant = create_tenant(&mut suite.identity, "PSC-2026-000901").await;
+    let first = first_admin(&mut suite, &tenant, 902).await;
+    let second = colleague(&mut suite, &tenant, &first, 903).await;
+    let promote = User {
+        name: second.name.clone(),
+        roles: vec![Role::TenantAdmin.into(), Role::Member.into()],
+        ..User::default()
+    };
+    let second = suite
+        .identity
+        .update_user(as_user(update(promote, &["roles"]), &first))
+        .await
+        .unwrap()
+        .into_inner();
+    let first_token = sign_in(&mut suite, &first.email).await.unwrap();
+    let demote = User {
+        name: first.name.clone(),
+        roles: vec![Role::Member.into()],
+        ..User::default()
+    };
+    suite
+        .identity
+        .update_user(as_user(update(demote, &["roles"]), &second))
+        .await
+        .unwrap();
+    // The token still claims TENANT_ADMIN: refused until the user signs in again.
+    assert_error(
+        suite
+            .identity
+            .list_users(with_token(list(&tenant, 0, "", false), &first_token))
+            .await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    let fresh = sign_in(&mut suite, &first.email).await.unwrap();
+    assert_error(
+        suite
+            .identity
+            .list_users(with_token(list(&tenant, 0, "", false), &fresh))
+            .await,
+        Code::PermissionDenied,
+        "CALLER_NOT_ALLOWED",
+    );
+}
+
+#[tokio::test]
+async fn repeating_an_update_changes_nothing_more() {
+    let mut suite = suite().await;
+    let tenant = create_tenant(&mut suite.identity, "PSC-2026-000902").await;
+    let user = self_registered(&mut suite, &tenant, 904).await;
+    let change = User {
+        name: user.name.clone(),
+        phone_number: "+81398765432".into(),
+        ..User::default()
+    };
+    let once = suite
+        .identity
+        .update_user(as_user(update(change.clone(), &[]), &user))
+        .await
+        .unwrap()
+        .into_inner();
+    let twice = suite
+        .identity
+        .update_user(as_user(update(change, &[]), &user))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(once, twice);
+    assert_ne!(once.etag, user.etag);
+}
+
+#[tokio::test]
+async fn not_found_names_the_resource_asked_for() {
+    let mut suite = suite().await;
+    let tenant = create_tenant(&mut suite.identity, "PSC-2026-000903").await;
+    let missing = format!("{}/users/0190f7a0-0000-7000-8000-0000000000ff", tenant.name);
+    let status = assert_error(
+        suite.identity.get_user(as_operator(get(&missing))).await,
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    let resource = details.resource_info().unwrap();
+    assert_eq!(resource.resource_type, "portal.identity.v1.User");
+    assert_eq!(resource.resource_name, missing);
+}
