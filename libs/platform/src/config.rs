@@ -42,7 +42,7 @@ pub struct Settings {
     pub tls: crate::tls::TlsSettings,
     pub identity: IdentitySettings,
     pub consent: ServiceSettings,
-    pub approval: ServiceSettings,
+    pub approval: ApprovalSettings,
     pub transfer: ServiceSettings,
 }
 
@@ -158,6 +158,19 @@ pub struct ServiceSettings {
     /// How the other services reach this one, e.g. `https://consent.portal.svc:50052`;
     /// absent: this machine, at the port of `listen` (development).
     pub endpoint: Option<String>,
+}
+
+/// `[approval]`: where it listens, and how long requests wait for a decision.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSettings {
+    pub listen: SocketAddr,
+    pub endpoint: Option<String>,
+    /// How long a PENDING request waits for a decision before it is EXPIRED.
+    pub request_expiry_secs: u64,
+    /// How often the expiry sweeper records requests whose time has passed (they count as
+    /// EXPIRED from that instant whether or not it has run).
+    pub sweep_interval_ms: u64,
 }
 
 /// `[identity]`: where it listens, and how it keeps PI and credentials (`docs/identity.md`).
@@ -495,6 +508,18 @@ impl Settings {
         crate::auth::keys::published_keys(self)?;
         self.tls.validate()?;
         self.identity.validate()?;
+        in_range(
+            "approval.request_expiry_secs",
+            self.approval.request_expiry_secs,
+            60,
+            90 * 24 * 3600,
+        )?;
+        in_range(
+            "approval.sweep_interval_ms",
+            self.approval.sweep_interval_ms,
+            10,
+            3_600_000,
+        )?;
         Ok(())
     }
 

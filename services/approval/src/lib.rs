@@ -1,9 +1,15 @@
 //! The approval service: Approval requests between tenants (sent and received), their lifecycle and the tenant connections they create.
 //!
-//! `api` holds the gRPC handlers; the domain rules and the SQL arrive with the issues that
-//! implement the methods.
+//! `api` holds the gRPC handlers, `domain` the rules (no I/O), `store` the SQL, `view` how rows
+//! look to callers and the feed, `identity` the calls to identity and `workers` the expiry
+//! sweeper and the consumer of identity's deletions.
 
 mod api;
+mod domain;
+mod identity;
+mod store;
+mod view;
+mod workers;
 
 use portal_platform::db::Schema;
 use portal_platform::{ServiceContext, ServiceDef};
@@ -28,7 +34,7 @@ pub static SERVICE: ServiceDef = ServiceDef {
 
 fn routes(context: ServiceContext) -> anyhow::Result<Routes> {
     let max = context.max_message_bytes();
-    let server = ApprovalServiceServer::new(api::ApprovalServiceApi)
+    let server = ApprovalServiceServer::new(api::ApprovalServiceApi::new(context)?)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     Ok(Routes::new(server))

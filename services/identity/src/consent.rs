@@ -4,7 +4,7 @@
 //! (`DEPENDENCY_UNAVAILABLE`, metadata `service=consent`) and nothing that needs consent happens.
 
 use portal_platform::ApiError;
-use portal_platform::client::{OnBehalfOf, OutgoingChannel};
+use portal_platform::client::{OnBehalfOf, OutgoingChannel, dependency_failure, error_reason};
 use portal_platform::server::ServiceContext;
 use portal_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use portal_proto::consent::v1::{
@@ -13,7 +13,6 @@ use portal_proto::consent::v1::{
 };
 use portal_proto::identity::v1::Attestation;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 /// Largest page the consent service serves.
 const PAGE: i32 = 1000;
@@ -128,31 +127,11 @@ impl Consent {
 
 /// What a failed consent call means to identity's caller.
 fn failure(status: tonic::Status) -> ApiError {
-    let reason = status
-        .get_error_details()
-        .error_info()
-        .map(|info| info.reason.clone())
-        .unwrap_or_default();
-    match (status.code(), reason.as_str()) {
-        (Code::FailedPrecondition, "NO_TERMS_IN_FORCE") => ApiError::failed_precondition(
+    if status.code() == Code::FailedPrecondition && error_reason(&status) == "NO_TERMS_IN_FORCE" {
+        return ApiError::failed_precondition(
             "NO_TERMS_IN_FORCE",
             "no terms version is in force, so nothing can be consented to",
-        ),
-        (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown, _) => {
-            tracing::warn!(code = ?status.code(), "the consent service is unreachable");
-            unavailable()
-        }
-        (code, reason) => {
-            tracing::error!(?code, reason, "the consent service refused identity's call");
-            ApiError::internal(format!("consent service answered {code:?} ({reason})"))
-        }
+        );
     }
-}
-
-pub fn unavailable() -> ApiError {
-    ApiError::unavailable(
-        "DEPENDENCY_UNAVAILABLE",
-        "the consent service is unavailable; retry (with the same request_id)",
-    )
-    .with_metadata("service", "consent")
+    dependency_failure("consent", &status)
 }

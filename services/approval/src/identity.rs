@@ -1,0 +1,77 @@
+//! Approval's calls to identity, as `services/approval`: tenants as identity knows them, and
+//! identity's user event feed (to act on deletions, Art. 5.3).
+
+use portal_platform::ApiError;
+use portal_platform::client::{OnBehalfOf, OutgoingChannel, dependency_failure};
+use portal_platform::events::{Cursor, Received};
+use portal_platform::names::tenant_name;
+use portal_platform::server::ServiceContext;
+use portal_proto::approval::v1::TenantProfile;
+use portal_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use portal_proto::identity::v1::{GetTenantRequest, UserEvent, WatchUserEventsRequest};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Code;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    client: IdentityServiceClient<OutgoingChannel>,
+}
+
+impl Identity {
+    pub fn new(context: &ServiceContext) -> anyhow::Result<Self> {
+        let outgoing = &context.outgoing;
+        let uri = outgoing.peer_uri(&context.settings, "identity")?;
+        let channel = outgoing.channel(&uri, OnBehalfOf::Service)?;
+        Ok(Self {
+            client: IdentityServiceClient::new(channel),
+        })
+    }
+
+    /// The tenant as identity's records describe it; `TENANT_NOT_FOUND` if it has none.
+    pub async fn tenant(&self, id: Uuid) -> Result<TenantProfile, ApiError> {
+        let name = tenant_name(id);
+        let request = GetTenantRequest { name: name.clone() };
+        match self.client.clone().get_tenant(request).await {
+            Ok(tenant) => {
+                let tenant = tenant.into_inner();
+                Ok(TenantProfile {
+                    tenant: tenant.name,
+                    display_name: tenant.display_name,
+                    contract_reference: tenant.contract_reference,
+                })
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                Err(ApiError::not_found("TENANT_NOT_FOUND", "no such tenant")
+                    .resource("portal.identity.v1.Tenant", &name))
+            }
+            Err(status) => Err(dependency_failure("identity", &status)),
+        }
+    }
+
+    /// Identity's user events after `after`, as the platform's consumer applies them.
+    pub async fn user_events(
+        &self,
+        after: Option<Cursor>,
+    ) -> Result<impl Stream<Item = Result<Received<UserEvent>, tonic::Status>> + use<>, tonic::Status>
+    {
+        let request = WatchUserEventsRequest {
+            after: after.map(|cursor| cursor.encode()).unwrap_or_default(),
+        };
+        let events = self
+            .client
+            .clone()
+            .watch_user_events(request)
+            .await?
+            .into_inner();
+        Ok(events.map(|event| {
+            let event = event?;
+            let (cursor, traceparent, tracestate) = (
+                event.cursor.clone(),
+                event.traceparent.clone(),
+                event.tracestate.clone(),
+            );
+            Received::parse(&cursor, &traceparent, &tracestate, event).map_err(tonic::Status::from)
+        }))
+    }
+}

@@ -1,0 +1,125 @@
+//! Approval's background work, started with the server and stopped when it drains:
+//!
+//! - the expiry sweeper, a single writer across replicas, records requests whose expire_time
+//!   has passed (they read as EXPIRED from that instant anyway; the sweeper makes it stored
+//!   history and an event);
+//! - the deletion consumer applies identity's user feed exactly once: a DELETED user's
+//!   PENDING requests are WITHDRAWN (Art. 5.3) and their tokens refused from then on.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use portal_platform::ApiError;
+use portal_platform::events::{Backoff, Consumer};
+use portal_platform::names::user_ids;
+use portal_platform::single_writer::SingleWriter;
+use portal_proto::identity::v1::UserEvent;
+use portal_proto::identity::v1::user_event::Type as UserEventType;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+use crate::SERVICE;
+use crate::domain::{REASON_REQUESTER_DELETED, SUITE_ACTOR, State};
+use crate::identity::Identity;
+use crate::store;
+use crate::view::{self, event_for};
+
+/// Expiries recorded per sweeper transaction.
+const SWEEP_BATCH: i64 = 500;
+
+pub fn start(
+    pool: PgPool,
+    identity: Identity,
+    sweep_interval: Duration,
+    draining: watch::Receiver<bool>,
+) {
+    tokio::spawn(sweep(pool.clone(), sweep_interval, draining.clone()));
+    tokio::spawn(consume_user_events(pool, identity, draining));
+}
+
+async fn drained(mut draining: watch::Receiver<bool>) {
+    let _ = draining.wait_for(|drain| *drain).await;
+}
+
+async fn sweep(pool: PgPool, interval: Duration, draining: watch::Receiver<bool>) {
+    let writer = SingleWriter::new(
+        "approval.expiry-sweeper",
+        interval.max(Duration::from_secs(1)),
+    );
+    writer
+        .run(&pool, drained(draining.clone()), |conn| {
+            let draining = draining.clone();
+            Box::pin(async move {
+                loop {
+                    expire_due(conn).await?;
+                    tokio::select! {
+                        () = tokio::time::sleep(interval) => {}
+                        () = drained(draining.clone()) => return Ok(()),
+                    }
+                }
+            })
+        })
+        .await;
+}
+
+/// Records every passed expiry, a batch per transaction.
+async fn expire_due(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    loop {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let expired = store::expire_due(&mut tx, Utc::now(), SWEEP_BATCH).await?;
+        for row in &expired {
+            view::emit(&mut tx, event_for(State::Expired), row, None).await?;
+        }
+        tx.commit().await?;
+        if expired.len() < usize::try_from(SWEEP_BATCH).unwrap_or(usize::MAX) {
+            return Ok(());
+        }
+    }
+}
+
+async fn consume_user_events(pool: PgPool, identity: Identity, draining: watch::Receiver<bool>) {
+    let consumer = Consumer::new(pool, SERVICE.schema.name, "identity");
+    consumer
+        .run(
+            |after| {
+                let identity = identity.clone();
+                async move { identity.user_events(after).await }
+            },
+            |conn: &mut PgConnection, event: &UserEvent| Box::pin(apply_user_event(conn, event)),
+            Backoff::default(),
+            drained(draining),
+        )
+        .await;
+}
+
+/// A deleted user (Art. 5.3): their PENDING requests are withdrawn by the suite, and their
+/// tokens refused here from now on. Other user events change nothing here.
+async fn apply_user_event(conn: &mut PgConnection, event: &UserEvent) -> Result<(), ApiError> {
+    if event.r#type() != UserEventType::Deleted {
+        return Ok(());
+    }
+    let Some((_, user)) = user_ids(&event.user) else {
+        tracing::error!(user = %event.user, "a DELETED event names no user; skipped");
+        return Ok(());
+    };
+    let now = Utc::now();
+    store::record_deleted_user(conn, &event.user, now).await?;
+    for pending in store::pending_sent_by(conn, user).await? {
+        if pending.expire_time <= now {
+            continue; // already EXPIRED; the sweeper records it
+        }
+        let row = store::decide(
+            conn,
+            pending.id,
+            State::Withdrawn,
+            SUITE_ACTOR,
+            REASON_REQUESTER_DELETED,
+            None,
+            now,
+        )
+        .await?;
+        view::emit(conn, event_for(State::Withdrawn), &row, None).await?;
+    }
+    tracing::info!(user = %event.user, "deleted user's pending approval requests withdrawn");
+    Ok(())
+}
