@@ -172,6 +172,44 @@ impl Outgoing {
     }
 }
 
+/// The `ErrorInfo.reason` of a status another service answered with ("" if none).
+pub fn error_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+/// What a failed call to `service` means to our own caller, when the caller cannot act on the
+/// answer itself: a peer that cannot be reached is `UNAVAILABLE` (`DEPENDENCY_UNAVAILABLE`,
+/// metadata `service`), safe to retry; any other answer means we asked wrongly, which is
+/// logged and reported as `INTERNAL`.
+pub fn dependency_failure(service: &str, status: &tonic::Status) -> crate::ApiError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            tracing::warn!(service, code = ?status.code(), "a service this one depends on is unreachable");
+            crate::ApiError::unavailable(
+                "DEPENDENCY_UNAVAILABLE",
+                format!("the {service} service is unavailable; retry (with the same request_id)"),
+            )
+            .with_metadata("service", service)
+        }
+        code => {
+            let reason = error_reason(status);
+            tracing::error!(
+                service,
+                ?code,
+                reason,
+                "a service this one depends on refused the call"
+            );
+            crate::ApiError::internal(format!("{service} service answered {code:?} ({reason})"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,43 +281,5 @@ mod tests {
         // With no request being served, a Caller channel sends no token rather than the
         // service's own: it fails closed.
         assert_eq!(authorization(&mut as_caller), None);
-    }
-}
-
-/// The `ErrorInfo.reason` of a status another service answered with ("" if none).
-pub fn error_reason(status: &tonic::Status) -> String {
-    use tonic_types::StatusExt;
-    status
-        .get_error_details()
-        .error_info()
-        .map(|info| info.reason.clone())
-        .unwrap_or_default()
-}
-
-/// What a failed call to `service` means to our own caller, when the caller cannot act on the
-/// answer itself: a peer that cannot be reached is `UNAVAILABLE` (`DEPENDENCY_UNAVAILABLE`,
-/// metadata `service`), safe to retry; any other answer means we asked wrongly, which is
-/// logged and reported as `INTERNAL`.
-pub fn dependency_failure(service: &str, status: &tonic::Status) -> crate::ApiError {
-    use tonic::Code;
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            tracing::warn!(service, code = ?status.code(), "a service this one depends on is unreachable");
-            crate::ApiError::unavailable(
-                "DEPENDENCY_UNAVAILABLE",
-                format!("the {service} service is unavailable; retry (with the same request_id)"),
-            )
-            .with_metadata("service", service)
-        }
-        code => {
-            let reason = error_reason(status);
-            tracing::error!(
-                service,
-                ?code,
-                reason,
-                "a service this one depends on refused the call"
-            );
-            crate::ApiError::internal(format!("{service} service answered {code:?} ({reason})"))
-        }
     }
 }
