@@ -535,6 +535,17 @@ impl Settings {
         }
     }
 
+    /// The configured `endpoint` of one service, to fill in where it was left to default.
+    pub fn endpoint_mut(&mut self, name: &str) -> Option<&mut Option<String>> {
+        match name {
+            "identity" => Some(&mut self.identity.endpoint),
+            "consent" => Some(&mut self.consent.endpoint),
+            "approval" => Some(&mut self.approval.endpoint),
+            "transfer" => Some(&mut self.transfer.endpoint),
+            _ => None,
+        }
+    }
+
     /// The database URL the running service connects with, or an error naming the key.
     pub fn database_url(&self) -> Result<&SecretString, ConfigError> {
         self.database.url.as_ref().ok_or_else(|| {

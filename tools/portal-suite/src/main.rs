@@ -139,7 +139,7 @@ async fn run(data_dir: PathBuf, mut settings: Settings) -> anyhow::Result<()> {
         settings.database.assume_roles = true;
     }
     // Whatever happens to the services, a private PostgreSQL we started is stopped again.
-    let result = serve_all(Arc::new(settings)).await;
+    let result = serve_all(settings).await;
     if let Some(cluster) = cluster {
         println!(
             "stopping the private PostgreSQL in {}",
@@ -153,11 +153,23 @@ async fn run(data_dir: PathBuf, mut settings: Settings) -> anyhow::Result<()> {
 
 /// Runs the four services until Ctrl-C or SIGTERM, or until one of them fails, which stops the
 /// others: a suite missing a service would only mislead.
-async fn serve_all(settings: Arc<Settings>) -> anyhow::Result<()> {
+async fn serve_all(mut settings: Settings) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // Every port is taken first, so that services configured with port 0 (tests) can be told
+    // where the others really are before any of them calls another.
+    let mut listeners = Vec::new();
     for def in SERVICES {
         let listener = server::bind(def, &settings).await?;
+        let port = listener.local_addr()?.port();
+        let scheme = portal_platform::tls::scheme(&settings.tls);
+        if let Some(endpoint @ None) = settings.endpoint_mut(def.name) {
+            *endpoint = Some(format!("{scheme}://127.0.0.1:{port}"));
+        }
+        listeners.push((def, listener));
+    }
+    let settings = Arc::new(settings);
+    for (def, listener) in listeners {
         println!(
             "{:<9} {:<45} listening on {}",
             def.name,

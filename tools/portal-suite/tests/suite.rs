@@ -142,6 +142,136 @@ async fn get_tenant(addr: &str, token: Option<&str>) -> tonic::Status {
     client.get_tenant(request).await.unwrap_err()
 }
 
+fn mint(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let minted = Command::new(env!("CARGO_BIN_EXE_portal-suite"))
+        .args(["--data-dir", &data_dir.to_string_lossy(), "mint-token"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    String::from_utf8(minted.stdout).unwrap().trim().to_owned()
+}
+
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {}", token.trim()).parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Even on free ports the services find each other: identity records consent in consent,
+/// and approval asks identity about the target tenant.
+async fn services_reach_each_other(
+    listening: &[(String, String)],
+    operator: &str,
+    data_dir: &std::path::Path,
+) {
+    use portal_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+    use portal_proto::approval::v1::{ApprovalRequest, CreateApprovalRequestRequest};
+    use portal_proto::consent::v1::consent_service_client::ConsentServiceClient;
+    use portal_proto::consent::v1::{PolicyDocument, PublishDocumentVersionRequest};
+    use portal_proto::identity::v1::{CreateTenantRequest, RegisterUserRequest, Tenant, User};
+
+    let mut consent = ConsentServiceClient::new(channel(&listening[1].1).await);
+    let terms = PolicyDocument {
+        kind: portal_proto::consent::v1::policy_document::Kind::Terms.into(),
+        version: 1,
+        label: "v1".into(),
+        uri: "https://portal.example.com/terms/1".into(),
+        content_sha256: format!("{:064x}", 1),
+        ..PolicyDocument::default()
+    };
+    let publish = PublishDocumentVersionRequest {
+        request_id: String::new(),
+        document: Some(terms),
+    };
+    consent
+        .publish_document_version(bearer(publish, operator))
+        .await
+        .unwrap();
+    let mut identity = IdentityServiceClient::new(channel(&listening[0].1).await);
+    let tenant = |reference: &str| CreateTenantRequest {
+        request_id: String::new(),
+        tenant: Some(Tenant {
+            display_name: "Example Corporation".into(),
+            contract_reference: reference.into(),
+            ..Tenant::default()
+        }),
+    };
+    let a = identity
+        .create_tenant(bearer(tenant("PSC-A"), operator))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = identity
+        .create_tenant(bearer(tenant("PSC-B"), operator))
+        .await
+        .unwrap()
+        .into_inner();
+    let signup = mint(
+        data_dir,
+        &["--kind", "SERVICE", "--subject", "services/portal-web"],
+    );
+    let register = RegisterUserRequest {
+        request_id: String::new(),
+        parent: a.name.clone(),
+        user: Some(User {
+            display_name: "Example User".into(),
+            email: "user@example.com".into(),
+            roles: vec![portal_proto::identity::v1::user::Role::Member.into()],
+            ..User::default()
+        }),
+        password: "correct horse battery staple".into(),
+        attestation: None,
+    };
+    let user = identity
+        .register_user(bearer(register, &signup))
+        .await
+        .expect("identity records the consent in consent")
+        .into_inner()
+        .user
+        .unwrap();
+    let token = mint(
+        data_dir,
+        &[
+            "--kind",
+            "USER",
+            "--subject",
+            &user.name,
+            "--tenant",
+            &a.name,
+            "--role",
+            "MEMBER",
+        ],
+    );
+    let mut approval = ApprovalServiceClient::new(channel(&listening[2].1).await);
+    let send = CreateApprovalRequestRequest {
+        request_id: String::new(),
+        approval_request: Some(ApprovalRequest {
+            kind: portal_proto::approval::v1::approval_request::Kind::TenantConnection.into(),
+            target_tenant: b.name.clone(),
+            ..ApprovalRequest::default()
+        }),
+    };
+    let sent = approval
+        .create_approval_request(bearer(send, &token))
+        .await
+        .expect("approval asks identity about the target tenant")
+        .into_inner();
+    assert_eq!(
+        sent.target_tenant_profile.unwrap().contract_reference,
+        "PSC-B"
+    );
+}
+
 #[tokio::test]
 async fn the_suite_serves_all_four_services_and_stops_cleanly_on_sigterm() {
     let db = TestDb::new(&[]).await.unwrap();
@@ -187,6 +317,8 @@ async fn the_suite_serves_all_four_services_and_stops_cleanly_on_sigterm() {
         tonic::Code::Unauthenticated,
         "{accepted:?}"
     );
+
+    services_reach_each_other(&listening, &operator, dir.path()).await;
 
     terminate(&child);
     let status = child.wait().unwrap();
