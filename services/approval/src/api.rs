@@ -75,10 +75,7 @@ impl ApprovalServiceApi {
         let (tenant, user) = user_ids(&caller.subject)
             .ok_or_else(|| ApiError::unauthenticated("TOKEN_INVALID", "the token names no user"))?;
         if store::is_deleted_user(&self.pool, &caller.subject).await? {
-            return Err(ApiError::unauthenticated(
-                "TOKEN_INVALID",
-                "the token's user deleted their registration",
-            ));
+            return Err(user_deleted());
         }
         Ok(Party {
             tenant,
@@ -127,6 +124,15 @@ impl ApprovalServiceApi {
         idempotency::once(&self.pool, SERVICE.schema.name, key, message, |tx| {
             Box::pin(async move {
                 let now = Utc::now();
+                if decision == Decision::Accept {
+                    // Accepting makes a connection of the pair: take the pair's lock before
+                    // the row's, in the order CreateApprovalRequest takes them.
+                    let pair = store::request(tx, id, false)
+                        .await?
+                        .filter(|row| row.involves(party.tenant))
+                        .ok_or_else(|| request_not_found(id))?;
+                    store::lock_pair(tx, pair.requester_tenant, pair.target_tenant).await?;
+                }
                 let row = store::request(tx, id, true)
                     .await?
                     .filter(|row| row.involves(party.tenant))
@@ -140,7 +146,7 @@ impl ApprovalServiceApi {
                         "the request changed since it was read; read it again",
                     ));
                 }
-                if current == State::Expired && stored == State::Pending {
+                if current == State::Expired {
                     return Err(ApiError::failed_precondition(
                         "REQUEST_EXPIRED",
                         "the request expired before a decision",
@@ -156,7 +162,6 @@ impl ApprovalServiceApi {
                 }
                 let connection = if decision == Decision::Accept {
                     let connection = Uuid::now_v7();
-                    store::lock_pair(tx, row.requester_tenant, row.target_tenant).await?;
                     store::insert_connection(
                         tx,
                         connection,
@@ -303,6 +308,14 @@ fn not_allowed() -> ApiError {
     ApiError::permission_denied("CALLER_NOT_ALLOWED", "this caller may not do this")
 }
 
+/// A deleted user's token is refused here from the moment identity's event is applied.
+fn user_deleted() -> ApiError {
+    ApiError::unauthenticated(
+        "TOKEN_INVALID",
+        "the token's user deleted their registration",
+    )
+}
+
 fn request_not_found(id: Uuid) -> ApiError {
     ApiError::not_found("APPROVAL_REQUEST_NOT_FOUND", "no such approval request")
         .resource("portal.approval.v1.ApprovalRequest", &request_name(id))
@@ -393,6 +406,12 @@ impl ApprovalService for ApprovalServiceApi {
         let created = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
             Box::pin(async move {
                 let now = Utc::now();
+                // Checked again under the user's lock: a deletion being applied now either
+                // withdraws this request after it commits or is seen here.
+                store::lock_user(tx, &party.name).await?;
+                if store::is_deleted_user(&mut *tx, &party.name).await? {
+                    return Err(user_deleted());
+                }
                 store::lock_pair(tx, party.tenant, target).await?;
                 for expired in store::expire_between(tx, party.tenant, target, now).await? {
                     view::emit(tx, EventType::Expired, &expired, None).await?;

@@ -460,10 +460,23 @@ pub async fn list_connections(
     .await
 }
 
-pub async fn is_deleted_user(pool: &PgPool, user: &str) -> Result<bool, sqlx::Error> {
+/// Serialises a user's sends with the application of their deletion.
+pub async fn lock_user(conn: &mut PgConnection, user: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("approval-user:{user}"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether identity reported `user` deleted.
+pub async fn is_deleted_user<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    user: &str,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM approval.deleted_users WHERE user_name = $1)")
         .bind(user)
-        .fetch_one(pool)
+        .fetch_one(executor)
         .await
 }
 

@@ -25,7 +25,8 @@ pub const EVENT_TYPE_PREFIX: &str = "portal.approval.v1.ApprovalRequestEvent.";
 pub fn request(row: &RequestRow, now: DateTime<Utc>) -> ApprovalRequest {
     let stored = row.stored_state();
     let state = effective_state(stored, row.expire_time, now);
-    // An expiry the sweeper has not recorded yet reads exactly as it will once recorded.
+    // An expiry the sweeper has not recorded yet reads as it will once recorded (only the
+    // etag differs: recording it is a new version).
     let (decide_time, decided_by, decision_reason) = if state != stored {
         (
             Some(row.expire_time),

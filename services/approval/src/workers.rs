@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use portal_platform::ApiError;
 use portal_platform::events::{Backoff, Consumer};
 use portal_platform::names::user_ids;
 use portal_platform::single_writer::SingleWriter;
+use portal_platform::{ApiError, db};
 use portal_proto::identity::v1::UserEvent;
 use portal_proto::identity::v1::user_event::Type as UserEventType;
 use sqlx::{PgConnection, PgPool};
@@ -27,14 +27,22 @@ use crate::view::{self, event_for};
 /// Expiries recorded per sweeper transaction.
 const SWEEP_BATCH: i64 = 500;
 
+/// Starts both once the schema is migrated.
 pub fn start(
     pool: PgPool,
     identity: Identity,
     sweep_interval: Duration,
     draining: watch::Receiver<bool>,
 ) {
-    tokio::spawn(sweep(pool.clone(), sweep_interval, draining.clone()));
-    tokio::spawn(consume_user_events(pool, identity, draining));
+    tokio::spawn(async move {
+        if !db::wait_until_ready(&pool, SERVICE.schema, draining.clone()).await {
+            return;
+        }
+        tokio::join!(
+            sweep(pool.clone(), sweep_interval, draining.clone()),
+            consume_user_events(pool, identity, draining),
+        );
+    });
 }
 
 async fn drained(mut draining: watch::Receiver<bool>) {
@@ -103,6 +111,9 @@ async fn apply_user_event(conn: &mut PgConnection, event: &UserEvent) -> Result<
         return Ok(());
     };
     let now = Utc::now();
+    // Serialised with the user's own sends: a request sent while the deletion is applied is
+    // either seen here and withdrawn, or refused there.
+    store::lock_user(conn, &event.user).await?;
     store::record_deleted_user(conn, &event.user, now).await?;
     for pending in store::pending_sent_by(conn, user).await? {
         if pending.expire_time <= now {
