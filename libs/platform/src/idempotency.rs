@@ -90,6 +90,55 @@ where
     }
 }
 
+/// The answer already stored for this request, if any, without claiming the id: lets a
+/// handler that must call another service before [`once`] skip that call on a retry (and so
+/// answer a retry even while that service is down). The same id with a different request is
+/// `REQUEST_ID_REUSED`, as in [`once`].
+pub async fn replay<Req, Resp>(
+    pool: &PgPool,
+    schema: &'static str,
+    key: &RequestKey<'_>,
+    request: &Req,
+) -> Result<Option<Resp>, ApiError>
+where
+    Req: Message,
+    Resp: Message + Default,
+{
+    let Some(request_id) = parse_request_id(key.request_id)? else {
+        return Ok(None);
+    };
+    let select = format!(
+        "SELECT request_hash, response FROM {schema}.idempotency \
+         WHERE caller = $1 AND method = $2 AND request_id = $3"
+    );
+    let stored: Option<(Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(AssertSqlSafe(select))
+        .bind(key.caller)
+        .bind(key.method)
+        .bind(request_id)
+        .fetch_optional(pool)
+        .await?;
+    let Some((stored_hash, response)) = stored else {
+        return Ok(None);
+    };
+    if stored_hash != Sha256::digest(request.encode_to_vec()).to_vec() {
+        return Err(reused());
+    }
+    response
+        .map(|answer| {
+            Resp::decode(answer.as_slice())
+                .map_err(|e| ApiError::internal(format_args!("stored answer: {e}")))
+        })
+        .transpose()
+}
+
+fn reused() -> ApiError {
+    ApiError::invalid_argument(
+        "REQUEST_ID_REUSED",
+        "this request_id was used for a different request",
+    )
+    .violation("request_id", "already used for a different request")
+}
+
 /// A `request_id` as sent: empty (no idempotency wanted) or a UUID.
 pub fn parse_request_id(text: &str) -> Result<Option<uuid::Uuid>, ApiError> {
     if text.is_empty() {
@@ -137,11 +186,7 @@ async fn claim(
         .fetch_one(&mut *tx)
         .await?;
     if stored_hash != hash {
-        return Err(ApiError::invalid_argument(
-            "REQUEST_ID_REUSED",
-            "this request_id was used for a different request",
-        )
-        .violation("request_id", "already used for a different request"));
+        return Err(reused());
     }
     response
         .map(Some)

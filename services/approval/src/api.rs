@@ -393,15 +393,21 @@ impl ApprovalService for ApprovalServiceApi {
             )));
         }
         domain::check_message(&given.message, "approval_request.message").map_err(status)?;
-        portal_platform::idempotency::parse_request_id(&body.request_id).map_err(status)?;
-        // Both tenants as identity knows them: what the receiver judges the request by.
-        let target_profile = self.identity.tenant(target).await.map_err(status)?;
-        let requester_profile = self.identity.tenant(party.tenant).await.map_err(status)?;
         let key = RequestKey {
             caller: &caller.subject,
             method: "portal.approval.v1.ApprovalService/CreateApprovalRequest",
             request_id: &body.request_id,
         };
+        // A retry is answered from what was stored, even while identity is unreachable.
+        if let Some(stored) = idempotency::replay(&self.pool, SERVICE.schema.name, &key, body)
+            .await
+            .map_err(status)?
+        {
+            return Ok(Response::new(stored));
+        }
+        // Both tenants as identity knows them: what the receiver judges the request by.
+        let target_profile = self.identity.tenant(target).await.map_err(status)?;
+        let requester_profile = self.identity.tenant(party.tenant).await.map_err(status)?;
         let expiry = self.expiry;
         let created = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
             Box::pin(async move {

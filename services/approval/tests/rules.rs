@@ -1303,6 +1303,16 @@ async fn a_send_retried_with_its_request_id_returns_the_same_request() {
         names(&sent_by(&mut suite, &alice, "").await),
         std::slice::from_ref(&first.name)
     );
+    // A retry is answered from the stored answer even while identity is unreachable.
+    suite.identity_link.cut();
+    let while_cut = suite
+        .approval
+        .create_approval_request(alice.request(request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    suite.identity_link.restore();
+    assert_eq!(while_cut, first);
 
     let mut changed = request.clone();
     changed.approval_request.as_mut().unwrap().message = "Shall we connect, please?".into();
