@@ -43,7 +43,7 @@ pub struct Settings {
     pub identity: IdentitySettings,
     pub consent: ServiceSettings,
     pub approval: ApprovalSettings,
-    pub transfer: ServiceSettings,
+    pub transfer: TransferSettings,
 }
 
 /// Article 1: the group entity that operates this deployment and the region it serves.
@@ -171,6 +171,20 @@ pub struct ApprovalSettings {
     /// How often the expiry sweeper records requests whose time has passed (they count as
     /// EXPIRED from that instant whether or not it has run).
     pub sweep_interval_ms: u64,
+}
+
+/// `[transfer]`: where it listens, and the group's standards for subcontractors (Art. 3.3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSettings {
+    pub listen: SocketAddr,
+    pub endpoint: Option<String>,
+    /// The group's security control standard, 0-100: a subcontractor below it is refused.
+    pub baseline_security_level: i32,
+    /// How long a subcontractor's supervision review stays valid.
+    pub review_validity_days: u32,
+    /// Deadline of each CheckConsent call; past it the transfer fails closed (UNAVAILABLE).
+    pub consent_deadline_ms: u64,
 }
 
 /// `[identity]`: where it listens, and how it keeps PI and credentials (`docs/identity.md`).
@@ -508,6 +522,24 @@ impl Settings {
         crate::auth::keys::published_keys(self)?;
         self.tls.validate()?;
         self.identity.validate()?;
+        in_range(
+            "transfer.baseline_security_level",
+            u64::try_from(self.transfer.baseline_security_level).unwrap_or(u64::MAX),
+            0,
+            100,
+        )?;
+        in_range(
+            "transfer.review_validity_days",
+            self.transfer.review_validity_days.into(),
+            1,
+            3650,
+        )?;
+        in_range(
+            "transfer.consent_deadline_ms",
+            self.transfer.consent_deadline_ms,
+            50,
+            60_000,
+        )?;
         in_range(
             "approval.request_expiry_secs",
             self.approval.request_expiry_secs,

@@ -29,10 +29,10 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::{self, State, effective_state, request_name};
-use crate::identity::Identity;
 use crate::store::{self, NewRequest, RequestRow, Side};
 use crate::view::{self, EVENT_TYPE_PREFIX, event_for};
 use crate::{SERVICE, workers};
+use portal_clients::identity::Identity;
 
 /// How often a caught-up WatchApprovalRequests stream looks for new events.
 const FEED_POLL: Duration = Duration::from_millis(200);
@@ -308,6 +308,17 @@ fn not_allowed() -> ApiError {
     ApiError::permission_denied("CALLER_NOT_ALLOWED", "this caller may not do this")
 }
 
+/// A tenant as the request keeps it: identity's name, display name and contract reference.
+fn profile(
+    tenant: portal_proto::identity::v1::Tenant,
+) -> portal_proto::approval::v1::TenantProfile {
+    portal_proto::approval::v1::TenantProfile {
+        tenant: tenant.name,
+        display_name: tenant.display_name,
+        contract_reference: tenant.contract_reference,
+    }
+}
+
 /// A deleted user's token is refused here from the moment identity's event is applied.
 fn user_deleted() -> ApiError {
     ApiError::unauthenticated(
@@ -408,6 +419,8 @@ impl ApprovalService for ApprovalServiceApi {
         // Both tenants as identity knows them: what the receiver judges the request by.
         let target_profile = self.identity.tenant(target).await.map_err(status)?;
         let requester_profile = self.identity.tenant(party.tenant).await.map_err(status)?;
+        let (target_profile, requester_profile) =
+            (profile(target_profile), profile(requester_profile));
         let expiry = self.expiry;
         let created = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
             Box::pin(async move {

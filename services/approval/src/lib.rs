@@ -1,12 +1,11 @@
 //! The approval service: Approval requests between tenants (sent and received), their lifecycle and the tenant connections they create.
 //!
 //! `api` holds the gRPC handlers, `domain` the rules (no I/O), `store` the SQL, `view` how rows
-//! look to callers and the feed, `identity` the calls to identity and `workers` the expiry
+//! look to callers and the feed, and `workers` the expiry
 //! sweeper and the consumer of identity's deletions.
 
 mod api;
 mod domain;
-mod identity;
 mod store;
 mod view;
 mod workers;

@@ -20,9 +20,9 @@ use tokio::sync::watch;
 
 use crate::SERVICE;
 use crate::domain::{REASON_REQUESTER_DELETED, SUITE_ACTOR, State};
-use crate::identity::Identity;
 use crate::store;
 use crate::view::{self, event_for};
+use portal_clients::identity::Identity;
 
 /// Expiries recorded per sweeper transaction.
 const SWEEP_BATCH: i64 = 500;

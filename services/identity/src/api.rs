@@ -31,11 +31,11 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::consent::{Consent, Ground};
 use crate::crypto::{self, Keys, Pi};
 use crate::domain::{self, Channel};
 use crate::store::{self, NewUser, TenantRow, UserRow};
 use crate::{SERVICE, USER_EVENT_TYPE_PREFIX, record_user_event};
+use portal_clients::consent::{Consent, Ground};
 
 /// How often a caught-up WatchUserEvents stream looks for new events: the longest a committed
 /// event waits before it is sent (while no older transaction is still running).

@@ -1,10 +1,9 @@
 //! The identity service: Tenants, Portal Users (the three PI fields of Article 2, encrypted), registration, sign-in, deletion and the user's own data export.
 //!
 //! `api` holds the gRPC handlers, `domain` the rules (no I/O), `crypto` the key hierarchy that
-//! protects PI, `store` the SQL and `consent` the calls to the consent service.
+//! protects PI, and `store` the SQL; calls to consent go through `portal_clients`.
 
 mod api;
-mod consent;
 mod crypto;
 mod domain;
 mod store;

@@ -1,15 +1,16 @@
-//! Identity's calls to the consent service, as `services/identity`: record Art. 5.1 / 5.2
-//! consent, withdraw everything on deletion (Art. 5.3), and read a user's ledger for export.
-//! Identity fails closed: when consent cannot be reached the caller gets `UNAVAILABLE`
-//! (`DEPENDENCY_UNAVAILABLE`, metadata `service=consent`) and nothing that needs consent happens.
+//! Calls to the consent service. Identity records Art. 5.1 / 5.2 consent, withdraws
+//! everything on deletion (Art. 5.3) and reads a user's ledger for export; transfer checks
+//! consent before every transfer. Both fail closed: when consent cannot be reached the caller
+//! gets `UNAVAILABLE` (`DEPENDENCY_UNAVAILABLE`, metadata `service=consent`) and nothing that
+//! needs consent happens.
 
 use portal_platform::ApiError;
 use portal_platform::client::{OnBehalfOf, OutgoingChannel, dependency_failure, error_reason};
 use portal_platform::server::ServiceContext;
 use portal_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use portal_proto::consent::v1::{
-    Attestation as Evidence, Basis, ConsentRecord, ListConsentRecordsRequest, RecordConsentRequest,
-    Scope, WithdrawConsentRequest,
+    Attestation as Evidence, Basis, CheckConsentRequest, ConsentDecision, ConsentRecord,
+    ListConsentRecordsRequest, RecordConsentRequest, Scope, WithdrawConsentRequest,
 };
 use portal_proto::identity::v1::Attestation;
 use tonic::Code;
@@ -23,6 +24,7 @@ pub struct Consent {
 }
 
 /// The ground of an Art. 5 consent identity records.
+#[derive(Debug, Clone, Copy)]
 pub enum Ground<'a> {
     /// Art. 5.1: registration through the portal, activation, sign-in.
     DeemedByUse,
@@ -99,6 +101,31 @@ impl Consent {
             .await
             .map_err(failure)?;
         Ok(record.into_inner().name)
+    }
+
+    /// Whether consent covers `scope` for `subject` now (transfer, before every transfer),
+    /// answered within `deadline` or not at all.
+    pub async fn check(
+        &self,
+        subject: &str,
+        scope: Scope,
+        recipient_entity: &str,
+        destination_country: &str,
+        deadline: std::time::Duration,
+    ) -> Result<ConsentDecision, ApiError> {
+        let mut request = tonic::Request::new(CheckConsentRequest {
+            subject: subject.to_owned(),
+            scope: scope.into(),
+            recipient_entity: recipient_entity.to_owned(),
+            destination_country: destination_country.to_owned(),
+        });
+        request.set_timeout(deadline);
+        self.client
+            .clone()
+            .check_consent(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(failure)
     }
 
     /// The user's whole ledger, oldest first (empty if they have none).

@@ -1,14 +1,13 @@
-//! Approval's calls to identity, as `services/approval`: tenants as identity knows them, and
-//! identity's user event feed (to act on deletions, Art. 5.3).
+//! Calls to identity: tenants as identity knows them (approval, anti-phishing), and identity's
+//! user event feed, which approval and transfer consume to act on deletions (Art. 5.3).
 
 use portal_platform::ApiError;
 use portal_platform::client::{OnBehalfOf, OutgoingChannel, dependency_failure};
 use portal_platform::events::{Cursor, Received};
 use portal_platform::names::tenant_name;
 use portal_platform::server::ServiceContext;
-use portal_proto::approval::v1::TenantProfile;
 use portal_proto::identity::v1::identity_service_client::IdentityServiceClient;
-use portal_proto::identity::v1::{GetTenantRequest, UserEvent, WatchUserEventsRequest};
+use portal_proto::identity::v1::{GetTenantRequest, Tenant, UserEvent, WatchUserEventsRequest};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 use uuid::Uuid;
@@ -29,18 +28,11 @@ impl Identity {
     }
 
     /// The tenant as identity's records describe it; `TENANT_NOT_FOUND` if it has none.
-    pub async fn tenant(&self, id: Uuid) -> Result<TenantProfile, ApiError> {
+    pub async fn tenant(&self, id: Uuid) -> Result<Tenant, ApiError> {
         let name = tenant_name(id);
         let request = GetTenantRequest { name: name.clone() };
         match self.client.clone().get_tenant(request).await {
-            Ok(tenant) => {
-                let tenant = tenant.into_inner();
-                Ok(TenantProfile {
-                    tenant: tenant.name,
-                    display_name: tenant.display_name,
-                    contract_reference: tenant.contract_reference,
-                })
-            }
+            Ok(tenant) => Ok(tenant.into_inner()),
             Err(status) if status.code() == Code::NotFound => {
                 Err(ApiError::not_found("TENANT_NOT_FOUND", "no such tenant")
                     .resource("portal.identity.v1.Tenant", &name))
