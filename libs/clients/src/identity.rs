@@ -3,7 +3,7 @@
 
 use portal_platform::ApiError;
 use portal_platform::client::{OnBehalfOf, OutgoingChannel, dependency_failure};
-use portal_platform::events::{Cursor, Received};
+use portal_platform::events::{Backoff, Consumer, Cursor, Effect, Received};
 use portal_platform::names::tenant_name;
 use portal_platform::server::ServiceContext;
 use portal_proto::identity::v1::identity_service_client::IdentityServiceClient;
@@ -65,5 +65,33 @@ impl Identity {
             );
             Received::parse(&cursor, &traceparent, &tracestate, event).map_err(tonic::Status::from)
         }))
+    }
+}
+
+impl Identity {
+    /// Until `shutdown`: applies identity's user events to this service's `schema` with
+    /// `effect`, each exactly once (the platform's consumer, cursor under source `identity`),
+    /// reconnecting with backoff whenever identity or the database is lost.
+    pub async fn consume_user_events<F>(
+        &self,
+        pool: sqlx::PgPool,
+        schema: &'static str,
+        effect: F,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) where
+        F: for<'c> Fn(&'c mut sqlx::PgConnection, &'c UserEvent) -> Effect<'c, ApiError>,
+    {
+        let consumer = Consumer::new(pool, schema, "identity");
+        consumer
+            .run(
+                |after| {
+                    let identity = self.clone();
+                    async move { identity.user_events(after).await }
+                },
+                effect,
+                Backoff::default(),
+                shutdown,
+            )
+            .await;
     }
 }

@@ -42,6 +42,22 @@ fn canonical_uuid(text: &str) -> Option<Uuid> {
         .filter(|id| id.hyphenated().to_string() == text)
 }
 
+/// Whether `code` is an assigned ISO 3166-1 alpha-2 country code, upper case (`GB`, not
+/// `UK`).
+pub fn is_country(code: &str) -> bool {
+    code.len() == 2
+        && code.chars().all(|c| c.is_ascii_uppercase())
+        && isocountry::CountryCode::for_alpha2(code).is_ok()
+}
+
+/// A deployment region: 2-16 characters of [a-z0-9-].
+pub fn is_region(region: &str) -> bool {
+    (2..=16).contains(&region.len())
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// What is wrong with an attestation (Art. 5.2), as (field, problem) pairs under `prefix`
 /// (`attestation` or `evidence`): attested_by 1-256 characters, attest_time present and not
 /// in the future, evidence_uri an absolute https or urn URI of at most 2048 characters.
@@ -91,6 +107,16 @@ mod tests {
         assert!(user_ids(&user).is_some());
         assert!(user_ids(&format!("{user}/x")).is_none());
         assert!(user_ids(tenant).is_none());
+    }
+
+    #[test]
+    fn countries_are_assigned_iso_codes() {
+        for code in ["JP", "US", "GB", "SG"] {
+            assert!(is_country(code), "{code}");
+        }
+        for code in ["UK", "XX", "jp", "JPN", ""] {
+            assert!(!is_country(code), "{code}");
+        }
     }
 
     #[test]

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use portal_platform::events::{Backoff, Consumer};
 use portal_platform::names::user_ids;
 use portal_platform::single_writer::SingleWriter;
 use portal_platform::{ApiError, db};
@@ -86,15 +85,11 @@ async fn expire_due(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 }
 
 async fn consume_user_events(pool: PgPool, identity: Identity, draining: watch::Receiver<bool>) {
-    let consumer = Consumer::new(pool, SERVICE.schema.name, "identity");
-    consumer
-        .run(
-            |after| {
-                let identity = identity.clone();
-                async move { identity.user_events(after).await }
-            },
+    identity
+        .consume_user_events(
+            pool,
+            SERVICE.schema.name,
             |conn: &mut PgConnection, event: &UserEvent| Box::pin(apply_user_event(conn, event)),
-            Backoff::default(),
             drained(draining),
         )
         .await;

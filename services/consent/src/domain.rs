@@ -518,7 +518,7 @@ pub fn check(request: &CheckConsentRequest) -> Result<Check, ApiError> {
         ));
     }
     let country = &request.destination_country;
-    let country_ok = country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase());
+    let country_ok = portal_platform::names::is_country(country);
     if (scope == Scope::CrossBorderTransfer || !country.is_empty()) && !country_ok {
         problems.push((
             "destination_country",

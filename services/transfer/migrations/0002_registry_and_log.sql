@@ -28,6 +28,8 @@ CREATE TABLE transfer.records (
     destination_entity uuid        NOT NULL,
     source_region      text        NOT NULL,
     destination_region text        NOT NULL,
+    destination_country text       NOT NULL,
+    data_categories    integer[]   NOT NULL,
     record_time        timestamptz NOT NULL,
     leaf_data          bytea       NOT NULL,
     leaf_hash          bytea       NOT NULL CHECK (length(leaf_hash) = 32)

@@ -1,11 +1,682 @@
-//! gRPC handlers of `portal.transfer.v1.AffiliateTransferService`. Methods not yet implemented answer
-//! `UNIMPLEMENTED` through the generated default stubs.
+//! gRPC handlers of `portal.transfer.v1.AffiliateTransferService`: the entity registry, the
+//! decision of every transfer (Art. 3, 4) with its record appended to the log, and the queries
+//! over the log. Checkpoints and proofs (the Merkle tree over the same records) answer
+//! `UNIMPLEMENTED` until the verifiable log is built.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use portal_clients::consent::Consent;
+use portal_clients::identity::Identity;
+use portal_platform::auth::keys::PublishedKeys;
+use portal_platform::auth::{self, Kind};
+use portal_platform::config::TransferSettings;
+use portal_platform::events::ResponseStream;
+use portal_platform::idempotency::{self, RequestKey};
+use portal_platform::time::{from_timestamp, to_timestamp};
+use portal_platform::{ApiError, ServiceContext, paging};
+use portal_proto::consent::v1::Scope;
 use portal_proto::transfer::v1::affiliate_transfer_service_server::AffiliateTransferService;
+use portal_proto::transfer::v1::group_entity::Kind as EntityKind;
+use portal_proto::transfer::v1::{
+    AuthorizeTransferRequest, CreateEntityRequest, Decision, ExportTransferRecordsRequest,
+    GetEntityRequest, GetTransferRecordRequest, GroupEntity, LegalBasis, ListEntitiesRequest,
+    ListEntitiesResponse, ListSigningKeysRequest, ListSigningKeysResponse,
+    ListSubjectRecipientsRequest, ListSubjectRecipientsResponse, ListTransferRecordsRequest,
+    ListTransferRecordsResponse, Recipient, SigningKey, TransferRecord, UpdateEntityRequest,
+};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
-/// Handlers; they gain the database pool and clients as the methods are implemented.
-#[derive(Debug)]
-pub struct AffiliateTransferServiceApi;
+use crate::domain::{self, EntityFacts, Outcome, Transfer};
+use crate::store::{self, EntityRow, NewRecord, RecordFilter};
+use crate::{SERVICE, leaf, workers};
+
+/// Records per page of an export stream read from the database.
+const EXPORT_BATCH: i64 = 500;
+
+#[derive(Debug, Clone)]
+pub struct TransferServiceApi {
+    /// Connections as `transfer_app`.
+    pool: PgPool,
+    settings: Arc<TransferSettings>,
+    consent: Consent,
+    published_keys: Arc<PublishedKeys>,
+}
+
+impl TransferServiceApi {
+    /// Also starts the consumer of identity's user events (deleted subjects).
+    pub fn new(context: ServiceContext) -> anyhow::Result<Self> {
+        workers::start(
+            context.pool.clone(),
+            Identity::new(&context)?,
+            context.draining.clone(),
+        );
+        Ok(Self {
+            consent: Consent::new(&context)?,
+            published_keys: Arc::new(PublishedKeys::from_settings(&context.settings)),
+            settings: Arc::new(context.settings.transfer.clone()),
+            pool: context.pool,
+        })
+    }
+
+    /// CheckConsent within the configured deadline.
+    async fn check(
+        &self,
+        subject: &str,
+        scope: Scope,
+        recipient: &str,
+        country: &str,
+    ) -> Result<portal_proto::consent::v1::ConsentDecision, ApiError> {
+        let deadline = Duration::from_millis(self.settings.consent_deadline_ms);
+        self.consent
+            .check(subject, scope, recipient, country, deadline)
+            .await
+    }
+
+    fn to_entity(&self, row: &EntityRow) -> GroupEntity {
+        let kind = domain::kind_from_name(&row.kind);
+        let review_due = (kind == EntityKind::Subcontractor)
+            .then(|| domain::review_due(row.last_review_time, self.settings.review_validity_days))
+            .flatten();
+        GroupEntity {
+            name: domain::entity_name(row.id),
+            kind: kind.into(),
+            legal_name: row.legal_name.clone(),
+            country_code: row.country_code.clone(),
+            region: row.region.clone(),
+            security_level: row.security_level,
+            last_review_time: row.last_review_time.map(to_timestamp),
+            create_time: Some(to_timestamp(row.create_time)),
+            update_time: Some(to_timestamp(row.update_time)),
+            etag: format!("\"{}\"", row.revision),
+            review_due_time: review_due.map(to_timestamp),
+        }
+    }
+
+    /// The facts of Art. 3 and 4 for this transfer, in the order of the contract's rules.
+    async fn decide(
+        &self,
+        transfer: &Transfer,
+        source: Option<&EntityRow>,
+        destination: Option<&EntityRow>,
+    ) -> Result<Outcome, ApiError> {
+        use portal_proto::transfer::v1::DenialReason;
+        // Rule 1: both entities registered.
+        let (Some(source), Some(destination)) = (source, destination) else {
+            return Ok(Outcome::denied(DenialReason::UnknownEntity));
+        };
+        // Rule 2: a deleted subject, as identity's feed reported it or consent knows it (the
+        // full withdrawal is recorded before DeleteUser returns: no window).
+        if store::is_deleted_subject(&self.pool, &transfer.subject).await? {
+            return Ok(Outcome::denied(DenialReason::SubjectDeleted));
+        }
+        let subject = transfer.subject.as_str();
+        let joint_use = self.check(subject, Scope::JointUse, "", "").await?;
+        if let Some(deleted) = domain::deleted(&joint_use) {
+            return Ok(deleted);
+        }
+        let cross_border = source.country_code != destination.country_code;
+        let abroad = async {
+            if cross_border {
+                self.check(
+                    subject,
+                    Scope::CrossBorderTransfer,
+                    "",
+                    &destination.country_code,
+                )
+                .await
+                .map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        match domain::kind_from_name(&destination.kind) {
+            // Rule 3: subcontractors (Art. 3.3).
+            EntityKind::Subcontractor => {
+                let due = domain::review_due(
+                    destination.last_review_time,
+                    self.settings.review_validity_days,
+                );
+                let refusal = domain::subcontractor_refusal(
+                    destination.security_level,
+                    due,
+                    self.settings.baseline_security_level,
+                    Utc::now(),
+                );
+                if let Some(reason) = refusal {
+                    return Ok(Outcome::denied(reason));
+                }
+                let abroad = abroad.await?;
+                Ok(domain::within_group(
+                    LegalBasis::Subcontracting,
+                    &joint_use,
+                    abroad.as_ref(),
+                ))
+            }
+            // Rule 4: third parties (Art. 4).
+            EntityKind::ThirdParty => {
+                if !transfer.legal_reference.is_empty() {
+                    return Ok(Outcome {
+                        allowed: Ok(LegalBasis::LegalRequirement),
+                        consent_record: String::new(),
+                        terms_version: 0,
+                    });
+                }
+                let recipient = domain::entity_name(destination.id);
+                let explicit = self
+                    .check(subject, Scope::ThirdPartyDisclosure, &recipient, "")
+                    .await?;
+                Ok(domain::third_party(&explicit))
+            }
+            // Rule 5: the group (Art. 3.1, 3.2).
+            _ => {
+                let abroad = abroad.await?;
+                Ok(domain::within_group(
+                    domain::group_basis(cross_border),
+                    &joint_use,
+                    abroad.as_ref(),
+                ))
+            }
+        }
+    }
+
+    /// Reads a page or an export batch of records as served.
+    async fn records(
+        &self,
+        filter: &RecordFilter,
+        from: i64,
+        until: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<TransferRecord>, ApiError> {
+        store::records(&self.pool, filter, from, until, limit)
+            .await?
+            .into_iter()
+            .map(|stored| leaf::served(&stored))
+            .collect()
+    }
+}
+
+fn status(error: ApiError) -> Status {
+    error.in_domain(SERVICE.error_domain).into()
+}
+
+/// Staff and services read the registry and the log; users have no access (their view is
+/// identity's ExportUserData).
+const READERS: &[Kind] = &[Kind::Operator, Kind::Auditor, Kind::Service];
+
+fn entity_not_found(id: Uuid) -> ApiError {
+    ApiError::not_found("ENTITY_NOT_FOUND", "no such entity")
+        .resource("portal.transfer.v1.GroupEntity", &domain::entity_name(id))
+}
+
+/// The filter fields shared by ListTransferRecords and ExportTransferRecords.
+fn record_filter(
+    subject: &str,
+    region: &str,
+    entity: &str,
+    decision: i32,
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+) -> Result<RecordFilter, ApiError> {
+    let mut problems = domain::Problems::default();
+    if !subject.is_empty() && portal_platform::names::user_ids(subject).is_none() {
+        problems.add("subject", "must be tenants/{tenant}/users/{user}");
+    }
+    if !region.is_empty() && !portal_platform::names::is_region(region) {
+        problems.add("region", "must be 2-16 characters of [a-z0-9-]");
+    }
+    let entity = match entity {
+        "" => None,
+        name => match domain::entity_id(name, "entity") {
+            Ok(id) => Some(id),
+            Err(_) => {
+                problems.add("entity", "must be entities/{entity}");
+                None
+            }
+        },
+    };
+    let allowed = match Decision::try_from(decision) {
+        Ok(Decision::Unspecified) => None,
+        Ok(Decision::Allowed) => Some(true),
+        Ok(Decision::Denied) => Some(false),
+        Err(_) => {
+            problems.add("decision", "unknown decision");
+            None
+        }
+    };
+    let time =
+        |t: Option<&prost_types::Timestamp>, field: &str, problems: &mut domain::Problems| {
+            t.and_then(|t| match from_timestamp(t, field) {
+                Ok(time) => Some(time),
+                Err(_) => {
+                    problems.add(field, "must be a valid time");
+                    None
+                }
+            })
+        };
+    let start_time = time(start, "start_time", &mut problems);
+    let end_time = time(end, "end_time", &mut problems);
+    if let (Some(start), Some(end)) = (start_time, end_time)
+        && end <= start
+    {
+        problems.add("end_time", "must be after start_time");
+    }
+    problems.into_result(RecordFilter {
+        subject: (!subject.is_empty()).then(|| subject.to_owned()),
+        region: (!region.is_empty()).then(|| region.to_owned()),
+        entity,
+        allowed,
+        start_time,
+        end_time,
+    })
+}
 
 #[tonic::async_trait]
-impl AffiliateTransferService for AffiliateTransferServiceApi {}
+impl AffiliateTransferService for TransferServiceApi {
+    async fn create_entity(
+        &self,
+        request: Request<CreateEntityRequest>,
+    ) -> Result<Response<GroupEntity>, Status> {
+        let caller = auth::caller(&request).map_err(status)?;
+        caller.require_kind(&[Kind::Operator]).map_err(status)?;
+        let body = request.get_ref();
+        let given = body.entity.clone().unwrap_or_default();
+        let facts = domain::entity(&given, Utc::now()).map_err(status)?;
+        let key = RequestKey {
+            caller: &caller.subject,
+            method: "portal.transfer.v1.AffiliateTransferService/CreateEntity",
+            request_id: &body.request_id,
+        };
+        let this = self.clone();
+        let created = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
+            Box::pin(async move {
+                let row = store::insert_entity(tx, Uuid::now_v7(), &facts, Utc::now()).await?;
+                Ok(this.to_entity(&row))
+            })
+        })
+        .await
+        .map_err(status)?;
+        tracing::info!(entity = %created.name, "entity registered");
+        Ok(Response::new(created))
+    }
+
+    async fn get_entity(
+        &self,
+        request: Request<GetEntityRequest>,
+    ) -> Result<Response<GroupEntity>, Status> {
+        auth::caller(&request)
+            .map_err(status)?
+            .require_kind(READERS)
+            .map_err(status)?;
+        let id = domain::entity_id(&request.get_ref().name, "name").map_err(status)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| status(e.into()))?;
+        let row = store::entity(&mut conn, id, false)
+            .await
+            .map_err(|e| status(e.into()))?
+            .ok_or_else(|| status(entity_not_found(id)))?;
+        Ok(Response::new(self.to_entity(&row)))
+    }
+
+    async fn list_entities(
+        &self,
+        request: Request<ListEntitiesRequest>,
+    ) -> Result<Response<ListEntitiesResponse>, Status> {
+        auth::caller(&request)
+            .map_err(status)?
+            .require_kind(READERS)
+            .map_err(status)?;
+        let body = request.get_ref();
+        let kind = match EntityKind::try_from(body.kind) {
+            Ok(EntityKind::Unspecified) => None,
+            Ok(kind) => Some(domain::kind_name(kind)),
+            Err(_) => return Err(status(domain::invalid("kind", "unknown kind"))),
+        };
+        let size = paging::page_size(body.page_size).map_err(status)?;
+        let fingerprint = format!("entities|{}", body.kind);
+        let after: Option<(i64, String)> =
+            paging::decode_token(&body.page_token, &fingerprint).map_err(status)?;
+        let after = after
+            .map(|(micros, id)| {
+                DateTime::from_timestamp_micros(micros)
+                    .zip(Uuid::parse_str(&id).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid_argument(
+                            "INVALID_PAGE_TOKEN",
+                            "the page token is not valid",
+                        )
+                    })
+            })
+            .transpose()
+            .map_err(status)?;
+        let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+        let mut rows = store::list_entities(&self.pool, kind, after, limit)
+            .await
+            .map_err(|e| status(e.into()))?;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last()
+                .map(|last| {
+                    let position = (last.create_time.timestamp_micros(), last.id.to_string());
+                    paging::encode_token(&position, &fingerprint)
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListEntitiesResponse {
+            entities: rows.iter().map(|r| self.to_entity(r)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_entity(
+        &self,
+        request: Request<UpdateEntityRequest>,
+    ) -> Result<Response<GroupEntity>, Status> {
+        let caller = auth::caller(&request).map_err(status)?;
+        caller.require_kind(&[Kind::Operator]).map_err(status)?;
+        let body = request.get_ref();
+        let given = body.entity.clone().unwrap_or_default();
+        let id = domain::entity_id(&given.name, "entity.name").map_err(status)?;
+        let paths = crate::update::paths(&given, body.update_mask.as_ref()).map_err(status)?;
+        let mut tx = self.pool.begin().await.map_err(|e| status(e.into()))?;
+        let row = store::entity(&mut tx, id, true)
+            .await
+            .map_err(|e| status(e.into()))?
+            .ok_or_else(|| status(entity_not_found(id)))?;
+        if !given.etag.is_empty() && given.etag != format!("\"{}\"", row.revision) {
+            return Err(status(ApiError::aborted(
+                "ETAG_MISMATCH",
+                "the entity changed since it was read; read it again",
+            )));
+        }
+        let merged = crate::update::apply(&self.to_entity(&row), &given, &paths);
+        let facts: EntityFacts = domain::entity(&merged, Utc::now()).map_err(status)?;
+        let row = store::update_entity(&mut tx, id, &facts, Utc::now())
+            .await
+            .map_err(|e| status(e.into()))?;
+        tx.commit().await.map_err(|e| status(e.into()))?;
+        tracing::info!(entity = %domain::entity_name(id), "entity updated");
+        Ok(Response::new(self.to_entity(&row)))
+    }
+
+    async fn authorize_transfer(
+        &self,
+        request: Request<AuthorizeTransferRequest>,
+    ) -> Result<Response<TransferRecord>, Status> {
+        let caller = auth::caller(&request).map_err(status)?;
+        caller.require_kind(&[Kind::Service]).map_err(status)?;
+        let body = request.get_ref();
+        let transfer = domain::transfer(body).map_err(status)?;
+        let key = RequestKey {
+            caller: &caller.subject,
+            method: "portal.transfer.v1.AffiliateTransferService/AuthorizeTransfer",
+            request_id: &body.request_id,
+        };
+        // A retry returns the record first appended, even while consent is unreachable.
+        if let Some(stored) = idempotency::replay(&self.pool, SERVICE.schema.name, &key, body)
+            .await
+            .map_err(status)?
+        {
+            return Ok(Response::new(stored));
+        }
+        let (source, destination) = {
+            let mut conn = self.pool.acquire().await.map_err(|e| status(e.into()))?;
+            let source = store::entity(&mut conn, transfer.source, false)
+                .await
+                .map_err(|e| status(e.into()))?;
+            let destination = store::entity(&mut conn, transfer.destination, false)
+                .await
+                .map_err(|e| status(e.into()))?;
+            (source, destination)
+        };
+        // Fail closed: if consent cannot answer, nothing is appended.
+        let outcome = self
+            .decide(&transfer, source.as_ref(), destination.as_ref())
+            .await
+            .map_err(status)?;
+        let requested_by = caller.subject.clone();
+        let request_id = body.request_id.clone();
+        let appended = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
+            Box::pin(async move {
+                let record = leaf::record(
+                    &transfer,
+                    source.as_ref(),
+                    destination.as_ref(),
+                    &outcome,
+                    &request_id,
+                    &requested_by,
+                );
+                let sequence = store::next_sequence(tx).await?;
+                let (served, leaf_data) = leaf::seal(record, sequence);
+                let row = NewRecord {
+                    id: domain::record_id(&served.name, "name")?,
+                    subject: &served.subject,
+                    allowed: outcome.allowed.is_ok(),
+                    source: transfer.source,
+                    destination: transfer.destination,
+                    source_region: &served.source_region,
+                    destination_region: &served.destination_region,
+                    destination_country: &served.destination_country,
+                    data_categories: &served.data_categories,
+                    record_time: served
+                        .record_time
+                        .as_ref()
+                        .map(|t| from_timestamp(t, "record_time"))
+                        .transpose()?
+                        .unwrap_or_else(Utc::now),
+                };
+                store::append(tx, sequence, &row, &leaf_data, &served.leaf_hash).await?;
+                Ok(served)
+            })
+        })
+        .await
+        .map_err(status)?;
+        tracing::info!(
+            record = %appended.name,
+            sequence = appended.sequence,
+            decision = appended.decision().as_str_name(),
+            "transfer decided"
+        );
+        Ok(Response::new(appended))
+    }
+
+    async fn get_transfer_record(
+        &self,
+        request: Request<GetTransferRecordRequest>,
+    ) -> Result<Response<TransferRecord>, Status> {
+        auth::caller(&request)
+            .map_err(status)?
+            .require_kind(READERS)
+            .map_err(status)?;
+        let id = domain::record_id(&request.get_ref().name, "name").map_err(status)?;
+        let stored = store::record(&self.pool, id)
+            .await
+            .map_err(|e| status(e.into()))?
+            .ok_or_else(|| {
+                status(
+                    ApiError::not_found("TRANSFER_RECORD_NOT_FOUND", "no such transfer record")
+                        .resource(
+                            "portal.transfer.v1.TransferRecord",
+                            &domain::record_name(id),
+                        ),
+                )
+            })?;
+        Ok(Response::new(leaf::served(&stored).map_err(status)?))
+    }
+
+    async fn list_transfer_records(
+        &self,
+        request: Request<ListTransferRecordsRequest>,
+    ) -> Result<Response<ListTransferRecordsResponse>, Status> {
+        auth::caller(&request)
+            .map_err(status)?
+            .require_kind(READERS)
+            .map_err(status)?;
+        let body = request.get_ref();
+        let filter = record_filter(
+            &body.subject,
+            &body.region,
+            &body.entity,
+            body.decision,
+            body.start_time.as_ref(),
+            body.end_time.as_ref(),
+        )
+        .map_err(status)?;
+        let size = paging::page_size(body.page_size).map_err(status)?;
+        let fingerprint = format!("records|{filter:?}");
+        let from: i64 = paging::decode_token(&body.page_token, &fingerprint)
+            .map_err(status)?
+            .unwrap_or(0);
+        let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+        let mut records = self
+            .records(&filter, from, None, limit)
+            .await
+            .map_err(status)?;
+        let next_page_token = if records.len() > size {
+            records.truncate(size);
+            records
+                .last()
+                .map(|last| paging::encode_token(&(last.sequence + 1), &fingerprint))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListTransferRecordsResponse {
+            transfer_records: records,
+            next_page_token,
+        }))
+    }
+
+    async fn list_subject_recipients(
+        &self,
+        request: Request<ListSubjectRecipientsRequest>,
+    ) -> Result<Response<ListSubjectRecipientsResponse>, Status> {
+        auth::caller(&request)
+            .map_err(status)?
+            .require_kind(READERS)
+            .map_err(status)?;
+        let body = request.get_ref();
+        if portal_platform::names::user_ids(&body.subject).is_none() {
+            return Err(status(domain::invalid(
+                "subject",
+                "required: tenants/{tenant}/users/{user}",
+            )));
+        }
+        let size = paging::page_size(body.page_size).map_err(status)?;
+        let fingerprint = format!("recipients|{}", body.subject);
+        let offset: i64 = paging::decode_token(&body.page_token, &fingerprint)
+            .map_err(status)?
+            .unwrap_or(0);
+        let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+        let mut rows = store::recipients(&self.pool, &body.subject, offset, limit)
+            .await
+            .map_err(|e| status(e.into()))?;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            let next = offset + i64::try_from(size).unwrap_or(i64::MAX);
+            paging::encode_token(&next, &fingerprint)
+        } else {
+            String::new()
+        };
+        let recipients = rows
+            .into_iter()
+            .map(|row| Recipient {
+                entity: domain::entity_name(row.entity),
+                first_time: Some(to_timestamp(row.first_time)),
+                last_time: Some(to_timestamp(row.last_time)),
+                data_categories: row.data_categories,
+                transfer_count: row.transfer_count,
+                entity_kind: row
+                    .kind
+                    .as_deref()
+                    .map_or(EntityKind::Unspecified, domain::kind_from_name)
+                    .into(),
+                legal_name: row.legal_name.unwrap_or_default(),
+                country_code: row.country_code,
+                region: row.region,
+            })
+            .collect();
+        Ok(Response::new(ListSubjectRecipientsResponse {
+            recipients,
+            next_page_token,
+        }))
+    }
+
+    async fn export_transfer_records(
+        &self,
+        request: Request<ExportTransferRecordsRequest>,
+    ) -> Result<Response<ResponseStream<TransferRecord>>, Status> {
+        auth::caller(&request)
+            .map_err(status)?
+            .require_kind(&[Kind::Operator, Kind::Auditor])
+            .map_err(status)?;
+        let body = request.get_ref();
+        let filter = record_filter(
+            &body.subject,
+            &body.region,
+            &body.entity,
+            body.decision,
+            body.start_time.as_ref(),
+            body.end_time.as_ref(),
+        )
+        .map_err(status)?;
+        if body.min_sequence < 0 {
+            return Err(status(domain::invalid(
+                "min_sequence",
+                "must not be negative",
+            )));
+        }
+        // Up to the last record appended when the call started.
+        let last = store::log_size(&self.pool)
+            .await
+            .map_err(|e| status(e.into()))?
+            - 1;
+        let this = self.clone();
+        let mut from = body.min_sequence;
+        let stream = async_stream::try_stream! {
+            while from <= last {
+                let batch = this
+                    .records(&filter, from, Some(last), EXPORT_BATCH)
+                    .await
+                    .map_err(status)?;
+                let Some(end) = batch.last().map(|r| r.sequence) else {
+                    break;
+                };
+                for record in batch {
+                    yield record;
+                }
+                from = end + 1;
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_signing_keys(
+        &self,
+        request: Request<ListSigningKeysRequest>,
+    ) -> Result<Response<ListSigningKeysResponse>, Status> {
+        auth::caller(&request).map_err(status)?;
+        let body = request.get_ref();
+        let signing_keys = self
+            .published_keys
+            .page(body.page_size, &body.page_token)
+            .map_err(status)?
+            .iter()
+            .map(|(key_id, public_key)| SigningKey {
+                key_id: key_id.clone(),
+                algorithm: "Ed25519".to_owned(),
+                public_key: public_key.clone(),
+                create_time: None,
+                expire_time: None,
+            })
+            .collect();
+        Ok(Response::new(ListSigningKeysResponse {
+            signing_keys,
+            next_page_token: String::new(),
+        }))
+    }
+}

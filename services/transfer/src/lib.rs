@@ -1,9 +1,15 @@
 //! The transfer service: The registry of group entities and subcontractors, and the decision and log of every transfer of PI (Articles 3, 4).
 //!
-//! `api` holds the gRPC handlers; the domain rules and the SQL arrive with the issues that
-//! implement the methods.
+//! `api` holds the gRPC handlers, `domain` the rules of Art. 3 and 4 (no I/O), `leaf` the
+//! records as Merkle leaves, `update` UpdateEntity's field mask, `store` the SQL and `workers`
+//! the consumer of identity's deletions.
 
 mod api;
+mod domain;
+mod leaf;
+mod store;
+mod update;
+mod workers;
 
 use portal_platform::db::Schema;
 use portal_platform::{ServiceContext, ServiceDef};
@@ -28,7 +34,7 @@ pub static SERVICE: ServiceDef = ServiceDef {
 
 fn routes(context: ServiceContext) -> anyhow::Result<Routes> {
     let max = context.max_message_bytes();
-    let server = AffiliateTransferServiceServer::new(api::AffiliateTransferServiceApi)
+    let server = AffiliateTransferServiceServer::new(api::TransferServiceApi::new(context)?)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     Ok(Routes::new(server))
