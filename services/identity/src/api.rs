@@ -20,10 +20,11 @@ use portal_proto::identity::v1::user::{AcquisitionChannel, State};
 use portal_proto::identity::v1::user_event::Type as EventType;
 use portal_proto::identity::v1::{
     AccessToken, ActivateUserRequest, Attestation, CreateTenantRequest, DeleteUserRequest,
-    DeletionReceipt, ExportUserDataRequest, ExportedConsentRecord, GetTenantRequest,
-    GetUserRequest, ListSigningKeysRequest, ListSigningKeysResponse, ListUsersRequest,
-    ListUsersResponse, RegisterUserRequest, RegisterUserResponse, SignInRequest, SigningKey,
-    Tenant, UpdateUserRequest, User, UserDataExport, UserEvent, WatchUserEventsRequest,
+    DeletionReceipt, ExportUserDataRequest, ExportedConsentRecord, ExportedRecipient,
+    ExportedTransferRecord, GetTenantRequest, GetUserRequest, ListSigningKeysRequest,
+    ListSigningKeysResponse, ListUsersRequest, ListUsersResponse, RegisterUserRequest,
+    RegisterUserResponse, SignInRequest, SigningKey, Tenant, UpdateUserRequest, User,
+    UserDataExport, UserEvent, WatchUserEventsRequest,
 };
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
@@ -36,10 +37,14 @@ use crate::domain::{self, Channel};
 use crate::store::{self, NewUser, TenantRow, UserRow};
 use crate::{SERVICE, USER_EVENT_TYPE_PREFIX, record_user_event};
 use portal_clients::consent::{Consent, Ground};
+use portal_clients::transfer::Transfer;
 
 /// How often a caught-up WatchUserEvents stream looks for new events: the longest a committed
 /// event waits before it is sent (while no older transaction is still running).
 const FEED_POLL: Duration = Duration::from_millis(200);
+
+/// Transfer records in a data export: the newest, the rest through the transfer service.
+const EXPORTED_TRANSFER_RECORDS: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct IdentityServiceApi {
@@ -54,6 +59,8 @@ pub struct IdentityServiceApi {
     signer: Arc<TokenSigner>,
     published_keys: Arc<PublishedKeys>,
     consent: Consent,
+    /// Read for the data export: where the user's data went.
+    transfer: Transfer,
 }
 
 impl IdentityServiceApi {
@@ -66,6 +73,7 @@ impl IdentityServiceApi {
         Ok(Self {
             keys: Arc::new(Keys::from_settings(&settings.identity)?),
             consent: Consent::new(&context)?,
+            transfer: Transfer::new(&context)?,
             published_keys: Arc::new(PublishedKeys::from_settings(settings)),
             region: settings.deployment.region.clone(),
             settings: Arc::new(settings.identity.clone()),
@@ -867,21 +875,25 @@ impl IdentityService for IdentityServiceApi {
             .ok_or_else(|| status(user_not_found(tenant, id)))?;
         drop(conn);
         let user = self.to_user(&row, view).map_err(status)?;
-        let consent_records = self
-            .consent
-            .records(&user.name)
-            .await
-            .map_err(status)?
-            .into_iter()
-            .map(exported_consent)
-            .collect();
+        // All three sources or none: an incomplete export is never returned.
+        let (consent_records, recipients, records) = tokio::try_join!(
+            self.consent.records(&user.name),
+            self.transfer.recipients(&user.name),
+            self.transfer
+                .newest_records(&user.name, EXPORTED_TRANSFER_RECORDS),
+        )
+        .map_err(status)?;
+        let (transfer_records, transfer_records_truncated) = records;
         Ok(Response::new(UserDataExport {
             user: Some(user),
             export_time: Some(to_timestamp(Utc::now())),
-            consent_records,
-            recipients: Vec::new(),
-            transfer_records: Vec::new(),
-            transfer_records_truncated: false,
+            consent_records: consent_records.into_iter().map(exported_consent).collect(),
+            recipients: recipients.into_iter().map(exported_recipient).collect(),
+            transfer_records: transfer_records
+                .into_iter()
+                .map(exported_transfer)
+                .collect(),
+            transfer_records_truncated,
         }))
     }
 
@@ -1125,6 +1137,57 @@ fn exported_consent(record: portal_proto::consent::v1::ConsentRecord) -> Exporte
         receipt_payload: receipt.payload,
         receipt_signature: receipt.signature,
         receipt_key_id: receipt.key_id,
+    }
+}
+
+/// A recipient of the user's data, copied from the transfer service.
+fn exported_recipient(recipient: portal_proto::transfer::v1::Recipient) -> ExportedRecipient {
+    use portal_proto::transfer::v1::DataCategory;
+    use portal_proto::transfer::v1::group_entity::Kind;
+    ExportedRecipient {
+        entity_kind: enum_name(recipient.entity_kind, Kind::as_str_name),
+        data_categories: recipient
+            .data_categories
+            .iter()
+            .map(|c| enum_name(*c, DataCategory::as_str_name))
+            .collect(),
+        entity: recipient.entity,
+        legal_name: recipient.legal_name,
+        country_code: recipient.country_code,
+        first_time: recipient.first_time,
+        last_time: recipient.last_time,
+        transfer_count: recipient.transfer_count,
+    }
+}
+
+/// A transfer decision about the user, copied from the transfer service.
+fn exported_transfer(record: portal_proto::transfer::v1::TransferRecord) -> ExportedTransferRecord {
+    use portal_proto::transfer::v1::{DataCategory, Decision, DenialReason, LegalBasis, Purpose};
+    let optional = |value: i32, name: String| if value == 0 { String::new() } else { name };
+    ExportedTransferRecord {
+        name: record.name,
+        sequence: record.sequence,
+        decision: enum_name(record.decision, Decision::as_str_name),
+        denial_reason: optional(
+            record.denial_reason,
+            enum_name(record.denial_reason, DenialReason::as_str_name),
+        ),
+        legal_basis: optional(
+            record.legal_basis,
+            enum_name(record.legal_basis, LegalBasis::as_str_name),
+        ),
+        purpose: enum_name(record.purpose, Purpose::as_str_name),
+        data_categories: record
+            .data_categories
+            .iter()
+            .map(|c| enum_name(*c, DataCategory::as_str_name))
+            .collect(),
+        source_entity: record.source_entity,
+        destination_entity: record.destination_entity,
+        source_country: record.source_country,
+        destination_country: record.destination_country,
+        cross_border: record.cross_border,
+        record_time: record.record_time,
     }
 }
 

@@ -1214,3 +1214,105 @@ async fn not_found_names_the_resource_asked_for() {
     assert_eq!(resource.resource_type, "portal.identity.v1.User");
     assert_eq!(resource.resource_name, missing);
 }
+
+#[tokio::test]
+async fn the_export_says_where_the_users_data_went_and_is_never_incomplete() {
+    use portal_proto::transfer::v1::affiliate_transfer_service_client::AffiliateTransferServiceClient;
+    use portal_proto::transfer::v1::group_entity::Kind;
+    use portal_proto::transfer::v1::{
+        AuthorizeTransferRequest, CreateEntityRequest, DataCategory, GroupEntity, Purpose,
+    };
+    let mut suite = suite().await;
+    let tenant = create_tenant(&mut suite.identity, "PSC-2026-000904").await;
+    let user = self_registered(&mut suite, &tenant, 905).await;
+    let mut transfer =
+        AffiliateTransferServiceClient::new(suite.transfer_service.channel().await.unwrap());
+    let register = |kind: Kind, name: &str, country: &str, region: &str| {
+        let request = CreateEntityRequest {
+            request_id: String::new(),
+            entity: Some(GroupEntity {
+                kind: kind.into(),
+                legal_name: name.into(),
+                country_code: country.into(),
+                region: region.into(),
+                ..GroupEntity::default()
+            }),
+        };
+        let mut transfer = transfer.clone();
+        async move {
+            transfer
+                .create_entity(as_operator(request))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let operator = register(Kind::Operator, "Example Operator K.K.", "JP", "jp").await;
+    let affiliate = register(Kind::Affiliate, "Example Affiliate Ltd.", "GB", "uk").await;
+    let third = register(Kind::ThirdParty, "Example Partner Inc.", "US", "us").await;
+    let service = portal_testkit::keys::token(
+        portal_platform::auth::Kind::Service,
+        "services/portal-backend",
+        None,
+        &[],
+    );
+    for destination in [&affiliate, &third] {
+        let request = AuthorizeTransferRequest {
+            request_id: String::new(),
+            subject: user.name.clone(),
+            data_categories: vec![DataCategory::Email.into()],
+            source_entity: operator.name.clone(),
+            destination_entity: destination.name.clone(),
+            purpose: Purpose::PortalService.into(),
+            legal_reference: String::new(),
+        };
+        transfer
+            .authorize_transfer(authorized(request, &service))
+            .await
+            .unwrap();
+    }
+    let exported = suite
+        .identity
+        .export_user_data(as_user(export(&user.name), &user))
+        .await
+        .unwrap()
+        .into_inner();
+    // The affiliate received the email (allowed); the third party did not (denied).
+    assert_eq!(exported.recipients.len(), 1);
+    let recipient = &exported.recipients[0];
+    assert_eq!(recipient.entity, affiliate.name);
+    assert_eq!(recipient.entity_kind, "KIND_AFFILIATE");
+    assert_eq!(recipient.data_categories, ["DATA_CATEGORY_EMAIL"]);
+    assert_eq!(recipient.country_code, "GB");
+    let decisions: Vec<_> = exported
+        .transfer_records
+        .iter()
+        .map(|r| (r.decision.as_str(), r.destination_entity.as_str()))
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("DECISION_DENIED", third.name.as_str()),
+            ("DECISION_ALLOWED", affiliate.name.as_str())
+        ]
+    );
+    assert_eq!(
+        exported.transfer_records[0].denial_reason,
+        "DENIAL_REASON_THIRD_PARTY_WITHOUT_CONSENT"
+    );
+    assert_eq!(
+        exported.transfer_records[1].legal_basis,
+        "LEGAL_BASIS_INTRA_GROUP_TRANSFER"
+    );
+    assert!(exported.transfer_records[1].cross_border);
+    assert!(!exported.transfer_records_truncated);
+
+    suite.transfer_link.cut();
+    let status = suite
+        .identity
+        .export_user_data(as_user(export(&user.name), &user))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(reason(&status), "DEPENDENCY_UNAVAILABLE");
+}

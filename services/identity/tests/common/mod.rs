@@ -28,6 +28,10 @@ pub struct Suite {
     pub consent_service: TestService,
     /// Between identity and consent: `cut()` makes consent unreachable for identity only.
     pub consent_link: TcpProxy,
+    /// The transfer service, which identity reads for data exports.
+    pub transfer_service: TestService,
+    /// Between identity and transfer.
+    pub transfer_link: TcpProxy,
     pub identity_service: TestService,
     pub identity: IdentityServiceClient<Channel>,
     pub consent: ConsentServiceClient<Channel>,
@@ -46,6 +50,7 @@ pub async fn suite_with(identity_env: &[(&str, &str)]) -> Suite {
     let db = TestDb::new(&[
         identity_service::SERVICE.schema,
         consent_service::SERVICE.schema,
+        transfer_service::SERVICE.schema,
     ])
     .await
     .unwrap();
@@ -54,11 +59,23 @@ pub async fn suite_with(identity_env: &[(&str, &str)]) -> Suite {
         .unwrap();
     let consent_link = TcpProxy::start(consent_service.addr()).await.unwrap();
     let endpoint = format!("http://{}", consent_link.addr());
+    let consent_uri = consent_service.uri();
+    let transfer_service =
+        TestService::start_configured(&transfer_service::SERVICE, db.url(), &[], |settings| {
+            settings.consent.endpoint = Some(consent_uri)
+        })
+        .await
+        .unwrap();
+    let transfer_link = TcpProxy::start(transfer_service.addr()).await.unwrap();
+    let transfer_endpoint = format!("http://{}", transfer_link.addr());
     let identity_service = TestService::start_configured(
         &identity_service::SERVICE,
         db.url(),
         identity_env,
-        |settings| settings.consent.endpoint = Some(endpoint),
+        |settings| {
+            settings.consent.endpoint = Some(endpoint);
+            settings.transfer.endpoint = Some(transfer_endpoint);
+        },
     )
     .await
     .unwrap();
@@ -68,6 +85,8 @@ pub async fn suite_with(identity_env: &[(&str, &str)]) -> Suite {
         db,
         consent_service,
         consent_link,
+        transfer_service,
+        transfer_link,
         identity_service,
         identity,
         consent,
