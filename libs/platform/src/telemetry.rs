@@ -119,6 +119,18 @@ pub fn current_trace_context() -> (String, String) {
     )
 }
 
+/// The W3C trace id (32 lower-case hex digits) of the current span's trace; empty if the
+/// work is not traced. Records that must say which call caused them keep it.
+pub fn current_trace_id() -> String {
+    let (traceparent, _) = current_trace_context();
+    traceparent
+        .split('-')
+        .nth(1)
+        .filter(|id| id.len() == 32 && *id != "0".repeat(32))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Makes `span` a child of the trace a stored `traceparent`/`tracestate` names, so work done
 /// later from an event joins the trace of the call that caused it.
 pub fn continue_trace(span: &tracing::Span, traceparent: &str, tracestate: &str) {

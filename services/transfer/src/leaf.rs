@@ -59,6 +59,7 @@ pub fn record(
         destination_country,
         request_id: request_id.to_owned(),
         requested_by: requested_by.to_owned(),
+        trace_id: portal_platform::telemetry::current_trace_id(),
     }
 }
 
