@@ -41,11 +41,7 @@ pub fn record(
             && source_country != destination_country,
         terms_version: outcome.terms_version,
         consent_record: outcome.consent_record.clone(),
-        // Microseconds, as the database keeps them, so the stored time and the hashed one agree.
-        record_time: Some(to_timestamp(chrono::SubsecRound::trunc_subsecs(
-            Utc::now(),
-            6,
-        ))),
+        record_time: None,
         leaf_hash: Vec::new(),
         subject: transfer.subject.clone(),
         data_categories: transfer.categories.iter().map(|c| *c as i32).collect(),
@@ -63,10 +59,16 @@ pub fn record(
     }
 }
 
-/// Numbers `record` as leaf `sequence`: the record as served (with its leaf hash) and the leaf
-/// data that was hashed.
+/// Numbers `record` as leaf `sequence` and stamps its time, once the sequence is taken (under
+/// the log head's lock, so times follow sequence order): the record as served (with its leaf
+/// hash) and the leaf data that was hashed.
 pub fn seal(mut record: TransferRecord, sequence: i64) -> (TransferRecord, Vec<u8>) {
     record.sequence = sequence;
+    // Microseconds, as the database keeps them, so the stored time and the hashed one agree.
+    record.record_time = Some(to_timestamp(chrono::SubsecRound::trunc_subsecs(
+        Utc::now(),
+        6,
+    )));
     record.leaf_hash = Vec::new();
     let leaf_data = record.encode_to_vec();
     record.leaf_hash = leaf_hash(&leaf_data);
