@@ -216,6 +216,7 @@ fn entity_not_found(id: Uuid) -> ApiError {
 fn record_filter(
     subject: &str,
     region: &str,
+    country: &str,
     entity: &str,
     decision: i32,
     start: Option<&prost_types::Timestamp>,
@@ -227,6 +228,9 @@ fn record_filter(
     }
     if !region.is_empty() && !portal_platform::names::is_region(region) {
         problems.add("region", "must be 2-16 characters of [a-z0-9-]");
+    }
+    if !country.is_empty() && !portal_platform::names::is_country(country) {
+        problems.add("country", "must be an ISO 3166-1 alpha-2 code, upper case");
     }
     let entity = match entity {
         "" => None,
@@ -267,6 +271,7 @@ fn record_filter(
     problems.into_result(RecordFilter {
         subject: (!subject.is_empty()).then(|| subject.to_owned()),
         region: (!region.is_empty()).then(|| region.to_owned()),
+        country: (!country.is_empty()).then(|| country.to_owned()),
         entity,
         allowed,
         start_time,
@@ -460,6 +465,7 @@ impl AffiliateTransferService for TransferServiceApi {
                     destination: transfer.destination,
                     source_region: &served.source_region,
                     destination_region: &served.destination_region,
+                    source_country: &served.source_country,
                     destination_country: &served.destination_country,
                     data_categories: &served.data_categories,
                     record_time: served
@@ -520,6 +526,7 @@ impl AffiliateTransferService for TransferServiceApi {
         let filter = record_filter(
             &body.subject,
             &body.region,
+            &body.country,
             &body.entity,
             body.decision,
             body.start_time.as_ref(),
@@ -618,6 +625,7 @@ impl AffiliateTransferService for TransferServiceApi {
         let filter = record_filter(
             &body.subject,
             &body.region,
+            &body.country,
             &body.entity,
             body.decision,
             body.start_time.as_ref(),

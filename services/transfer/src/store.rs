@@ -112,6 +112,7 @@ pub struct NewRecord<'a> {
     pub destination: Uuid,
     pub source_region: &'a str,
     pub destination_region: &'a str,
+    pub source_country: &'a str,
     pub destination_country: &'a str,
     pub data_categories: &'a [i32],
     pub record_time: DateTime<Utc>,
@@ -136,8 +137,8 @@ pub async fn append(
         "INSERT INTO transfer.records
              (sequence, id, subject, decision, source_entity, destination_entity, source_region,
               destination_region, destination_country, data_categories, record_time, leaf_data,
-              leaf_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+              leaf_hash, source_country)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(sequence)
     .bind(record.id)
@@ -152,6 +153,7 @@ pub async fn append(
     .bind(record.record_time)
     .bind(leaf_data)
     .bind(leaf_hash)
+    .bind(record.source_country)
     .execute(conn)
     .await?;
     Ok(())
@@ -177,6 +179,7 @@ pub async fn record(pool: &PgPool, id: Uuid) -> Result<Option<StoredRecord>, sql
 pub struct RecordFilter {
     pub subject: Option<String>,
     pub region: Option<String>,
+    pub country: Option<String>,
     pub entity: Option<Uuid>,
     pub allowed: Option<bool>,
     pub start_time: Option<DateTime<Utc>>,
@@ -209,6 +212,10 @@ pub async fn records(
             .push(" OR destination_region = ")
             .push_bind(region.clone())
             .push(")");
+    }
+    if let Some(country) = &filter.country {
+        query.push(" AND (source_country = ").push_bind(country.clone());
+        query.push(" OR destination_country = ").push_bind(country.clone()).push(")");
     }
     if let Some(entity) = filter.entity {
         query.push(" AND (source_entity = ").push_bind(entity);

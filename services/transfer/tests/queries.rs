@@ -524,7 +524,7 @@ async fn six_records(suite: &mut Suite, g: &Group) -> Vec<TransferRecord> {
 }
 
 #[tokio::test]
-async fn transfer_records_are_filtered_by_subject_region_entity_decision_and_time() {
+async fn transfer_records_are_filtered_by_subject_region_country_entity_decision_and_time() {
     let mut suite = suite().await;
     let g = group(&mut suite).await;
     let records = six_records(&mut suite, &g).await;
@@ -577,6 +577,34 @@ async fn transfer_records_are_filtered_by_subject_region_entity_decision_and_tim
         (
             ListTransferRecordsRequest {
                 region: "uk".into(),
+                ..filter()
+            },
+            vec![],
+        ),
+        (
+            ListTransferRecordsRequest {
+                country: "SG".into(),
+                ..filter()
+            },
+            vec![0, 1, 3, 5],
+        ),
+        (
+            ListTransferRecordsRequest {
+                country: "US".into(),
+                ..filter()
+            },
+            vec![2, 3, 5],
+        ),
+        (
+            ListTransferRecordsRequest {
+                country: "JP".into(),
+                ..filter()
+            },
+            vec![0, 1, 2, 4],
+        ),
+        (
+            ListTransferRecordsRequest {
+                country: "GB".into(),
                 ..filter()
             },
             vec![],
@@ -690,6 +718,13 @@ async fn transfer_records_are_filtered_by_subject_region_entity_decision_and_tim
                 ..filter()
             },
             "region",
+        ),
+        (
+            ListTransferRecordsRequest {
+                country: "UK".into(),
+                ..filter()
+            },
+            "country",
         ),
         (
             ListTransferRecordsRequest {
