@@ -28,6 +28,7 @@ CREATE TABLE transfer.records (
     destination_entity uuid        NOT NULL,
     source_region      text        NOT NULL,
     destination_region text        NOT NULL,
+    source_country     text        NOT NULL,
     destination_country text       NOT NULL,
     data_categories    integer[]   NOT NULL,
     record_time        timestamptz NOT NULL,
@@ -38,6 +39,8 @@ CREATE INDEX records_by_subject ON transfer.records (subject, sequence);
 CREATE INDEX records_by_destination ON transfer.records (destination_entity, sequence);
 CREATE INDEX records_by_source ON transfer.records (source_entity, sequence);
 CREATE INDEX records_by_time ON transfer.records (record_time, sequence);
+CREATE INDEX records_by_source_country ON transfer.records (source_country, sequence);
+CREATE INDEX records_by_destination_country ON transfer.records (destination_country, sequence);
 
 CREATE TABLE transfer.log_head (
     only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),

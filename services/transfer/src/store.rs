@@ -214,8 +214,13 @@ pub async fn records(
             .push(")");
     }
     if let Some(country) = &filter.country {
-        query.push(" AND (source_country = ").push_bind(country.clone());
-        query.push(" OR destination_country = ").push_bind(country.clone()).push(")");
+        query
+            .push(" AND (source_country = ")
+            .push_bind(country.clone());
+        query
+            .push(" OR destination_country = ")
+            .push_bind(country.clone())
+            .push(")");
     }
     if let Some(entity) = filter.entity {
         query.push(" AND (source_entity = ").push_bind(entity);
