@@ -1,7 +1,6 @@
 //! gRPC handlers of `portal.transfer.v1.AffiliateTransferService`: the entity registry, the
-//! decision of every transfer (Art. 3, 4) with its record appended to the log, and the queries
-//! over the log. Checkpoints and proofs (the Merkle tree over the same records) answer
-//! `UNIMPLEMENTED` until the verifiable log is built.
+//! decision of every transfer (Art. 3, 4) with its record appended to the log as a Merkle leaf,
+//! the queries over the log, and its checkpoints and proofs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +19,13 @@ use portal_proto::consent::v1::Scope;
 use portal_proto::transfer::v1::affiliate_transfer_service_server::AffiliateTransferService;
 use portal_proto::transfer::v1::group_entity::Kind as EntityKind;
 use portal_proto::transfer::v1::{
-    AuthorizeTransferRequest, CreateEntityRequest, Decision, ExportTransferRecordsRequest,
-    GetEntityRequest, GetTransferRecordRequest, GroupEntity, LegalBasis, ListEntitiesRequest,
-    ListEntitiesResponse, ListSigningKeysRequest, ListSigningKeysResponse,
-    ListSubjectRecipientsRequest, ListSubjectRecipientsResponse, ListTransferRecordsRequest,
-    ListTransferRecordsResponse, Recipient, SigningKey, TransferRecord, UpdateEntityRequest,
+    AuthorizeTransferRequest, Checkpoint, ConsistencyProof, CreateEntityRequest, Decision,
+    ExportTransferRecordsRequest, GetCheckpointRequest, GetConsistencyProofRequest,
+    GetEntityRequest, GetInclusionProofRequest, GetTransferRecordRequest, GroupEntity,
+    InclusionProof, LegalBasis, ListEntitiesRequest, ListEntitiesResponse, ListSigningKeysRequest,
+    ListSigningKeysResponse, ListSubjectRecipientsRequest, ListSubjectRecipientsResponse,
+    ListTransferRecordsRequest, ListTransferRecordsResponse, Recipient, SigningKey, TransferRecord,
+    UpdateEntityRequest,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -32,7 +33,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, EntityFacts, Outcome, Transfer};
 use crate::store::{self, EntityRow, NewRecord, RecordFilter};
-use crate::{SERVICE, leaf, workers};
+use crate::{SERVICE, leaf, tree, workers};
 
 /// Records per page of an export stream read from the database.
 const EXPORT_BATCH: i64 = 500;
@@ -52,6 +53,8 @@ impl TransferServiceApi {
         workers::start(
             context.pool.clone(),
             Identity::new(&context)?,
+            context.signer.clone(),
+            origin(&context),
             context.draining.clone(),
         );
         Ok(Self {
@@ -197,6 +200,34 @@ impl TransferServiceApi {
             .map(|stored| leaf::served(&stored))
             .collect()
     }
+}
+
+/// The log's identity in its checkpoints: one per deployment.
+fn origin(context: &ServiceContext) -> String {
+    format!("portal-transfer/{}", context.settings.deployment.region)
+}
+
+/// The size of the tree a proof is asked for: as given, or 0 for the latest checkpoint's;
+/// beyond the log is OUT_OF_RANGE.
+async fn tree_size(pool: &PgPool, given: i64, field: &str) -> Result<i64, ApiError> {
+    if given < 0 {
+        return Err(domain::invalid(field, "must not be negative"));
+    }
+    let size = if given == 0 {
+        store::latest_checkpoint(pool)
+            .await?
+            .map_or(0, |checkpoint| checkpoint.tree_size)
+    } else {
+        given
+    };
+    if size > store::log_size(pool).await? {
+        return Err(ApiError::new(
+            tonic::Code::OutOfRange,
+            "TREE_SIZE_TOO_LARGE",
+            "the log is not that large (yet)",
+        ));
+    }
+    Ok(size)
 }
 
 fn status(error: ApiError) -> Status {
@@ -476,6 +507,7 @@ impl AffiliateTransferService for TransferServiceApi {
                         .unwrap_or_else(Utc::now),
                 };
                 store::append(tx, sequence, &row, &leaf_data, &served.leaf_hash).await?;
+                store::add_leaf(tx, sequence, &served.leaf_hash).await?;
                 Ok(served)
             })
         })
@@ -661,6 +693,106 @@ impl AffiliateTransferService for TransferServiceApi {
             }
         };
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<Checkpoint>, Status> {
+        auth::caller(&request)
+            .map_err(status)?
+            .require_kind(READERS)
+            .map_err(status)?;
+        let latest = store::latest_checkpoint(&self.pool)
+            .await
+            .map_err(|e| status(e.into()))?
+            .ok_or_else(|| {
+                status(ApiError::unavailable(
+                    "CHECKPOINT_PENDING",
+                    "the first checkpoint is being signed; retry",
+                ))
+            })?;
+        Ok(Response::new(tree::to_proto(&latest)))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<InclusionProof>, Status> {
+        auth::caller(&request)
+            .map_err(status)?
+            .require_kind(READERS)
+            .map_err(status)?;
+        let body = request.get_ref();
+        let size = tree_size(&self.pool, body.tree_size, "tree_size")
+            .await
+            .map_err(status)?;
+        if body.sequence < 0 || body.sequence >= size {
+            return Err(status(domain::invalid(
+                "sequence",
+                "must be at least 0 and below tree_size",
+            )));
+        }
+        let (index, n) = (
+            u64::try_from(body.sequence).unwrap_or_default(),
+            u64::try_from(size).unwrap_or_default(),
+        );
+        let mut conn = self.pool.acquire().await.map_err(|e| status(e.into()))?;
+        let hashes = tree::with_nodes(&mut conn, |node| {
+            portal_merkle::inclusion_proof(index, n, node)
+        })
+        .await
+        .map_err(status)?;
+        let leaf = tree::with_nodes(&mut conn, |node| node((0, index)))
+            .await
+            .map_err(status)?;
+        let record = store::record_at(&self.pool, body.sequence)
+            .await
+            .map_err(|e| status(e.into()))?
+            .map(domain::record_name)
+            .unwrap_or_default();
+        Ok(Response::new(InclusionProof {
+            sequence: body.sequence,
+            tree_size: size,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            leaf_hash: leaf.to_vec(),
+            transfer_record: record,
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<ConsistencyProof>, Status> {
+        auth::caller(&request)
+            .map_err(status)?
+            .require_kind(READERS)
+            .map_err(status)?;
+        let body = request.get_ref();
+        let second = tree_size(&self.pool, body.second_size, "second_size")
+            .await
+            .map_err(status)?;
+        if body.first_size < 1 || body.first_size > second {
+            return Err(status(domain::invalid(
+                "first_size",
+                "must be at least 1 and at most second_size",
+            )));
+        }
+        let (m, n) = (
+            u64::try_from(body.first_size).unwrap_or_default(),
+            u64::try_from(second).unwrap_or_default(),
+        );
+        let mut conn = self.pool.acquire().await.map_err(|e| status(e.into()))?;
+        let hashes = tree::with_nodes(&mut conn, |node| {
+            portal_merkle::consistency_proof(m, n, node)
+        })
+        .await
+        .map_err(status)?;
+        Ok(Response::new(ConsistencyProof {
+            first_size: body.first_size,
+            second_size: second,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
     }
 
     async fn list_signing_keys(

@@ -245,9 +245,17 @@ pub async fn records(
 }
 
 /// The number of records in the log.
-pub async fn log_size(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn log_size<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT size FROM transfer.log_head")
-        .fetch_one(pool)
+        .fetch_one(executor)
+        .await
+}
+
+/// The id of the record at leaf `sequence`.
+pub async fn record_at(pool: &PgPool, sequence: i64) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM transfer.records WHERE sequence = $1")
+        .bind(sequence)
+        .fetch_optional(pool)
         .await
 }
 
@@ -318,6 +326,128 @@ pub async fn record_deleted_subject(
     )
     .bind(subject)
     .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores the leaf hash of leaf `index` and every complete subtree its append completes; runs in
+/// the append's transaction, after the sequence is taken.
+pub async fn add_leaf(
+    conn: &mut PgConnection,
+    index: i64,
+    leaf_hash: &[u8],
+) -> Result<(), sqlx::Error> {
+    let index_u = u64::try_from(index).unwrap_or_default();
+    let completed = portal_merkle::completed_by(index_u);
+    let left_siblings: Vec<portal_merkle::Node> = completed.iter().map(|(_, left)| *left).collect();
+    let lefts = nodes(&mut *conn, &left_siblings).await?;
+    let mut current: Vec<u8> = leaf_hash.to_vec();
+    let mut rows: Vec<(i16, i64, Vec<u8>)> = vec![(0, index, current.clone())];
+    for ((level, node_index), left) in completed {
+        let left = lefts
+            .iter()
+            .find(|(node, _)| *node == left)
+            .map(|(_, hash)| *hash)
+            .ok_or_else(|| sqlx::Error::Protocol("a left subtree of the log is missing".into()))?;
+        let right: portal_merkle::Hash = current
+            .as_slice()
+            .try_into()
+            .map_err(|_| sqlx::Error::Protocol("a stored hash is not 32 bytes".into()))?;
+        let hash = portal_merkle::node_hash(&left, &right);
+        current = hash.to_vec();
+        rows.push((
+            i16::try_from(level).unwrap_or(i16::MAX),
+            i64::try_from(node_index).unwrap_or(i64::MAX),
+            current.clone(),
+        ));
+    }
+    let (levels, indexes, hashes): (Vec<i16>, Vec<i64>, Vec<Vec<u8>>) =
+        rows.into_iter()
+            .fold((vec![], vec![], vec![]), |(mut l, mut i, mut h), row| {
+                l.push(row.0);
+                i.push(row.1);
+                h.push(row.2);
+                (l, i, h)
+            });
+    sqlx::query(
+        "INSERT INTO transfer.tree_nodes (level, index, hash)
+         SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
+    )
+    .bind(levels)
+    .bind(indexes)
+    .bind(hashes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The stored hashes of `wanted` complete subtrees (those that exist).
+pub async fn nodes<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    wanted: &[portal_merkle::Node],
+) -> Result<Vec<(portal_merkle::Node, portal_merkle::Hash)>, sqlx::Error> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let levels: Vec<i16> = wanted
+        .iter()
+        .map(|(level, _)| i16::try_from(*level).unwrap_or(i16::MAX))
+        .collect();
+    let indexes: Vec<i64> = wanted
+        .iter()
+        .map(|(_, index)| i64::try_from(*index).unwrap_or(i64::MAX))
+        .collect();
+    let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT n.level, n.index, n.hash FROM transfer.tree_nodes n
+           JOIN unnest($1::smallint[], $2::bigint[]) AS w(level, index)
+             ON n.level = w.level AND n.index = w.index",
+    )
+    .bind(levels)
+    .bind(indexes)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(level, index, hash)| {
+            let node = (u32::try_from(level).ok()?, u64::try_from(index).ok()?);
+            Some((node, hash.as_slice().try_into().ok()?))
+        })
+        .collect())
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct CheckpointRow {
+    pub tree_size: i64,
+    pub root_hash: Vec<u8>,
+    pub time: DateTime<Utc>,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+    pub origin: String,
+}
+
+pub async fn latest_checkpoint<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<Option<CheckpointRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM transfer.checkpoints ORDER BY tree_size DESC LIMIT 1")
+        .fetch_optional(executor)
+        .await
+}
+
+pub async fn insert_checkpoint(
+    conn: &mut PgConnection,
+    checkpoint: &CheckpointRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO transfer.checkpoints (tree_size, root_hash, time, key_id, signature, origin)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tree_size) DO NOTHING",
+    )
+    .bind(checkpoint.tree_size)
+    .bind(&checkpoint.root_hash)
+    .bind(checkpoint.time)
+    .bind(&checkpoint.key_id)
+    .bind(&checkpoint.signature)
+    .bind(&checkpoint.origin)
     .execute(conn)
     .await?;
     Ok(())

@@ -1,10 +1,19 @@
-//! Transfer's background work: the consumer of identity's user events. A DELETED user is
-//! recorded as a deleted subject, so every later transfer of theirs is refused (Art. 5.3),
-//! even if consent were ever to forget the withdrawal. (Consent already refuses from the
-//! moment DeleteUser returns; this is the second, independent source.)
+//! Transfer's background work:
+//!
+//! - the consumer of identity's user events: a DELETED user is recorded as a deleted subject,
+//!   so every later transfer of theirs is refused (Art. 5.3), even if consent were ever to
+//!   forget the withdrawal (consent already refuses from the moment DeleteUser returns; this is
+//!   the second, independent source);
+//! - the checkpoint writer, a single writer across replicas: whenever the log has grown it signs
+//!   the new tree head, checking every interval (so at least every second while records arrive).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use portal_clients::identity::Identity;
+use portal_platform::auth::keys::TokenSigner;
+use portal_platform::single_writer::SingleWriter;
 use portal_platform::{ApiError, db};
 use portal_proto::identity::v1::UserEvent;
 use portal_proto::identity::v1::user_event::Type as UserEventType;
@@ -12,26 +21,85 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 use crate::SERVICE;
-use crate::store;
+use crate::{store, tree};
 
-/// Starts the consumer once the schema is migrated; it stops when the server drains.
-pub fn start(pool: PgPool, identity: Identity, draining: watch::Receiver<bool>) {
+/// How often the checkpoint writer looks for growth.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Starts both once the schema is migrated; they stop when the server drains.
+pub fn start(
+    pool: PgPool,
+    identity: Identity,
+    signer: Option<Arc<TokenSigner>>,
+    origin: String,
+    draining: watch::Receiver<bool>,
+) {
     tokio::spawn(async move {
         if !db::wait_until_ready(&pool, SERVICE.schema, draining.clone()).await {
             return;
         }
-        let mut stop = draining.clone();
-        identity
-            .consume_user_events(
-                pool,
-                SERVICE.schema.name,
-                |conn: &mut PgConnection, event: &UserEvent| Box::pin(apply(conn, event)),
-                async move {
-                    let _ = stop.wait_for(|drain| *drain).await;
-                },
-            )
-            .await;
+        let consume = identity.consume_user_events(
+            pool.clone(),
+            SERVICE.schema.name,
+            |conn: &mut PgConnection, event: &UserEvent| Box::pin(apply(conn, event)),
+            drained(draining.clone()),
+        );
+        match signer {
+            Some(signer) => {
+                tokio::join!(consume, checkpoints(pool, signer, origin, draining));
+            }
+            None => {
+                tracing::error!("no auth.signing_key: the transfer log cannot be checkpointed");
+                consume.await;
+            }
+        }
     });
+}
+
+async fn drained(mut draining: watch::Receiver<bool>) {
+    let _ = draining.wait_for(|drain| *drain).await;
+}
+
+async fn checkpoints(
+    pool: PgPool,
+    signer: Arc<TokenSigner>,
+    origin: String,
+    draining: watch::Receiver<bool>,
+) {
+    let writer = SingleWriter::new("transfer.checkpointer", Duration::from_secs(1));
+    writer
+        .run(&pool, drained(draining.clone()), |conn| {
+            let (signer, origin, draining) = (signer.clone(), origin.clone(), draining.clone());
+            Box::pin(async move {
+                loop {
+                    checkpoint_if_grown(conn, &signer, &origin).await?;
+                    tokio::select! {
+                        () = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+                        () = drained(draining.clone()) => return Ok(()),
+                    }
+                }
+            })
+        })
+        .await;
+}
+
+/// Signs the current tree head if no checkpoint covers it yet (the empty log included).
+async fn checkpoint_if_grown(
+    conn: &mut PgConnection,
+    signer: &TokenSigner,
+    origin: &str,
+) -> Result<(), sqlx::Error> {
+    let size = store::log_size(&mut *conn).await?;
+    let latest = store::latest_checkpoint(&mut *conn).await?;
+    if latest.is_some_and(|c| c.tree_size >= size) {
+        return Ok(());
+    }
+    let checkpoint = tree::sign(conn, signer, origin, size)
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    store::insert_checkpoint(conn, &checkpoint).await?;
+    tracing::debug!(tree_size = size, "checkpoint signed");
+    Ok(())
 }
 
 async fn apply(conn: &mut PgConnection, event: &UserEvent) -> Result<(), ApiError> {
