@@ -15,6 +15,18 @@ pub type Hash = [u8; 32];
 /// A stored complete subtree: (level, index).
 pub type Node = (u32, u64);
 
+/// The bytes a checkpoint signs (`docs/contracts.md`):
+/// `origin\ntree_size\nbase64(root)\nunix_seconds\n`, base64 standard with padding.
+pub fn checkpoint_bytes(origin: &str, tree_size: i64, root: &[u8], unix_seconds: i64) -> Vec<u8> {
+    format!("{origin}\n{tree_size}\n{}\n{unix_seconds}\n", base64(root)).into_bytes()
+}
+
+/// Standard base64 with padding (RFC 4648 section 4), for the checkpoint text.
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// RFC 6962 leaf hash: SHA-256(0x00 || data).
 pub fn leaf_hash(data: &[u8]) -> Hash {
     let mut hasher = Sha256::new();
@@ -266,6 +278,17 @@ mod tests {
         (0..n)
             .map(|i| leaf_hash(&[seed, (i % 256) as u8, (i / 256) as u8]))
             .collect()
+    }
+
+    #[test]
+    fn checkpoint_text_is_four_lines_with_padded_base64() {
+        assert_eq!(
+            checkpoint_bytes("portal-transfer/jp", 42, &[0xfb, 0xff, 0x01], 1_795_000_000),
+            b"portal-transfer/jp\n42\n+/8B\n1795000000\n"
+        );
+        assert_eq!(base64(&[1]), "AQ==");
+        assert_eq!(base64(&[1, 2]), "AQI=");
+        assert_eq!(base64(&[0u8; 32]).len(), 44);
     }
 
     #[test]

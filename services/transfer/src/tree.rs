@@ -1,8 +1,7 @@
 //! The log as a Merkle tree: tree heads and proofs from the stored complete subtrees (each
 //! reads O(log n) rows, fetched in one query), and signed checkpoints.
 
-use base64::Engine;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{SubsecRound, Utc};
 use portal_merkle::{Hash, Node};
 use portal_platform::ApiError;
 use portal_platform::auth::keys::TokenSigner;
@@ -34,16 +33,6 @@ pub async fn with_nodes<T>(
     Ok(compute(&mut lookup))
 }
 
-/// The bytes a checkpoint signs: `origin\ntree_size\nbase64(root)\nunix_seconds\n`.
-pub fn signed_bytes(origin: &str, tree_size: i64, root: &[u8], time: DateTime<Utc>) -> Vec<u8> {
-    format!(
-        "{origin}\n{tree_size}\n{}\n{}\n",
-        base64::engine::general_purpose::STANDARD.encode(root),
-        time.timestamp()
-    )
-    .into_bytes()
-}
-
 /// Signs the tree head of the first `tree_size` records now.
 pub async fn sign(
     conn: &mut PgConnection,
@@ -54,7 +43,8 @@ pub async fn sign(
     let size = u64::try_from(tree_size).unwrap_or_default();
     let root = with_nodes(conn, |node| portal_merkle::root(size, node)).await?;
     let time = Utc::now().trunc_subsecs(0);
-    let signature = signer.sign_bytes(&signed_bytes(origin, tree_size, &root, time));
+    let signed = portal_merkle::checkpoint_bytes(origin, tree_size, &root, time.timestamp());
+    let signature = signer.sign_bytes(&signed);
     Ok(CheckpointRow {
         tree_size,
         root_hash: root.to_vec(),
