@@ -248,32 +248,6 @@ impl DatabaseAccess {
     }
 }
 
-/// Waits until the database answers and is migrated (see [`is_ready`]), for background work
-/// started with the server; false if the server drains first. Failures while waiting are
-/// expected (the roles may not exist yet) and only traced.
-pub async fn wait_until_ready(
-    pool: &PgPool,
-    schema: Schema,
-    mut draining: tokio::sync::watch::Receiver<bool>,
-) -> bool {
-    const RETRY: std::time::Duration = std::time::Duration::from_millis(200);
-    loop {
-        let ready = match pool.acquire().await {
-            Ok(mut conn) => is_ready(&mut conn, schema).await,
-            Err(e) => Err(e),
-        };
-        match ready {
-            Ok(true) => return true,
-            Ok(false) => {}
-            Err(e) => tracing::debug!(schema = schema.name, error = %e, "waiting for the database"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(RETRY) => {}
-            _ = draining.wait_for(|drain| *drain) => return false,
-        }
-    }
-}
-
 /// Whether the database answers and holds every migration this binary knows. Migrations newer
 /// than the binary are fine: during a rolling update old replicas keep serving.
 pub async fn is_ready(conn: &mut PgConnection, schema: Schema) -> Result<bool, sqlx::Error> {

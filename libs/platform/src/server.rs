@@ -59,6 +59,24 @@ pub struct ServiceContext {
     pub outgoing: Outgoing,
     /// Becomes true when the server starts draining: long-lived streams end then.
     pub draining: tokio::sync::watch::Receiver<bool>,
+    /// True while the database answers and is migrated (what health reports as SERVING).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl ServiceContext {
+    /// Waits until the service is ready (database reachable and migrated), for background work
+    /// started with the server; false if the server drains first.
+    pub async fn until_ready(&self) -> bool {
+        const RETRY: Duration = Duration::from_millis(100);
+        let mut draining = self.draining.clone();
+        while !self.ready.load(Ordering::SeqCst) {
+            tokio::select! {
+                () = tokio::time::sleep(RETRY) => {}
+                _ = draining.wait_for(|drain| *drain) => return false,
+            }
+        }
+        true
+    }
 }
 
 impl ServiceContext {
@@ -127,6 +145,7 @@ pub async fn serve(
         signer,
         outgoing,
         draining,
+        ready: Arc::clone(&ready),
     };
     let routes = (def.routes)(context)?
         .add_service(health_service)

@@ -52,10 +52,9 @@ impl ApprovalServiceApi {
         let settings = &context.settings.approval;
         let identity = Identity::new(&context)?;
         workers::start(
-            context.pool.clone(),
+            context.clone(),
             identity.clone(),
             Duration::from_millis(settings.sweep_interval_ms),
-            context.draining.clone(),
         );
         Ok(Self {
             expiry: chrono::Duration::seconds(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use portal_platform::names::user_ids;
 use portal_platform::single_writer::SingleWriter;
-use portal_platform::{ApiError, db};
+use portal_platform::{ApiError, ServiceContext};
 use portal_proto::identity::v1::UserEvent;
 use portal_proto::identity::v1::user_event::Type as UserEventType;
 use sqlx::{PgConnection, PgPool};
@@ -27,16 +27,12 @@ use portal_clients::identity::Identity;
 const SWEEP_BATCH: i64 = 500;
 
 /// Starts both once the schema is migrated.
-pub fn start(
-    pool: PgPool,
-    identity: Identity,
-    sweep_interval: Duration,
-    draining: watch::Receiver<bool>,
-) {
+pub fn start(context: ServiceContext, identity: Identity, sweep_interval: Duration) {
     tokio::spawn(async move {
-        if !db::wait_until_ready(&pool, SERVICE.schema, draining.clone()).await {
+        if !context.until_ready().await {
             return;
         }
+        let (pool, draining) = (context.pool, context.draining);
         tokio::join!(
             sweep(pool.clone(), sweep_interval, draining.clone()),
             consume_user_events(pool, identity, draining),

@@ -51,11 +51,10 @@ impl TransferServiceApi {
     /// Also starts the consumer of identity's user events (deleted subjects).
     pub fn new(context: ServiceContext) -> anyhow::Result<Self> {
         workers::start(
-            context.pool.clone(),
+            context.clone(),
             Identity::new(&context)?,
             context.signer.clone(),
             origin(&context),
-            context.draining.clone(),
         );
         Ok(Self {
             consent: Consent::new(&context)?,

@@ -14,7 +14,7 @@ use chrono::Utc;
 use portal_clients::identity::Identity;
 use portal_platform::auth::keys::TokenSigner;
 use portal_platform::single_writer::SingleWriter;
-use portal_platform::{ApiError, db};
+use portal_platform::{ApiError, ServiceContext};
 use portal_proto::identity::v1::UserEvent;
 use portal_proto::identity::v1::user_event::Type as UserEventType;
 use sqlx::{PgConnection, PgPool};
@@ -28,16 +28,16 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Starts both once the schema is migrated; they stop when the server drains.
 pub fn start(
-    pool: PgPool,
+    context: ServiceContext,
     identity: Identity,
     signer: Option<Arc<TokenSigner>>,
     origin: String,
-    draining: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
-        if !db::wait_until_ready(&pool, SERVICE.schema, draining.clone()).await {
+        if !context.until_ready().await {
             return;
         }
+        let (pool, draining) = (context.pool, context.draining);
         let consume = identity.consume_user_events(
             pool.clone(),
             SERVICE.schema.name,
