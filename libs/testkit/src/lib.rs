@@ -10,6 +10,7 @@ pub mod pki;
 pub mod postgres;
 mod proxy;
 mod service;
+pub mod status;
 
 pub use database::TestDb;
 pub use proxy::TcpProxy;

@@ -800,19 +800,10 @@ impl AffiliateTransferService for TransferServiceApi {
     ) -> Result<Response<ListSigningKeysResponse>, Status> {
         auth::caller(&request).map_err(status)?;
         let body = request.get_ref();
-        let signing_keys = self
+        let signing_keys: Vec<SigningKey> = self
             .published_keys
             .page(body.page_size, &body.page_token)
-            .map_err(status)?
-            .iter()
-            .map(|(key_id, public_key)| SigningKey {
-                key_id: key_id.clone(),
-                algorithm: "Ed25519".to_owned(),
-                public_key: public_key.clone(),
-                create_time: None,
-                expire_time: None,
-            })
-            .collect();
+            .map_err(status)?;
         Ok(Response::new(ListSigningKeysResponse {
             signing_keys,
             next_page_token: String::new(),

@@ -288,17 +288,42 @@ impl PublishedKeys {
         )
     }
 
-    /// The page a ListSigningKeys request asks for, as (key id, public key). Every key fits
-    /// one page, so no token is ever issued and any token given is not ours.
-    pub fn page(
+    /// The page a ListSigningKeys request asks for, as the service's own `SigningKey` message
+    /// `K`: every package declares it with the same fields and numbers (`docs/contracts.md`),
+    /// so it is built here once and decoded as `K`. Every key fits one page, so no token is
+    /// ever issued and any token given is not ours.
+    pub fn page<K: prost::Message + Default>(
         &self,
         page_size: i32,
         page_token: &str,
-    ) -> Result<&[(String, Vec<u8>)], crate::ApiError> {
+    ) -> Result<Vec<K>, crate::ApiError> {
         crate::paging::page_size(page_size)?;
         crate::paging::decode_token::<i64>(page_token, "signing-keys")?;
-        Ok(&self.0)
+        self.0
+            .iter()
+            .map(|(key_id, public_key)| {
+                let shared = SigningKeyShape {
+                    key_id: key_id.clone(),
+                    algorithm: "Ed25519".to_owned(),
+                    public_key: public_key.clone(),
+                };
+                K::decode(prost::Message::encode_to_vec(&shared).as_slice()).map_err(|_| {
+                    crate::ApiError::internal("a SigningKey does not have the shared shape")
+                })
+            })
+            .collect()
     }
+}
+
+/// The fields every package's `SigningKey` shares (key id, algorithm, raw public key).
+#[derive(Clone, PartialEq, prost::Message)]
+struct SigningKeyShape {
+    #[prost(string, tag = "1")]
+    key_id: String,
+    #[prost(string, tag = "2")]
+    algorithm: String,
+    #[prost(bytes = "vec", tag = "3")]
+    public_key: Vec<u8>,
 }
 
 /// A new random Ed25519 key: (private key, public key), both base64.

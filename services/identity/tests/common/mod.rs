@@ -18,8 +18,8 @@ use portal_proto::identity::v1::{
 };
 use portal_testkit::keys::{self, authorized};
 use portal_testkit::{TcpProxy, TestDb, TestService};
+use tonic::Request;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -270,29 +270,8 @@ pub fn sign_in_request(email: &str, password: &str) -> SignInRequest {
     }
 }
 
-/// The ErrorInfo reason of a failed call.
-pub fn reason(status: &Status) -> String {
-    tonic_types::StatusExt::get_error_details(status)
-        .error_info()
-        .map(|info| info.reason.clone())
-        .unwrap_or_default()
-}
-
-/// The fields a BadRequest names.
-pub fn violations(status: &Status) -> Vec<String> {
-    tonic_types::StatusExt::get_details_bad_request(status)
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
-
-/// Asserts the call failed with `code` and `reason`.
-pub fn assert_error<T: std::fmt::Debug>(
-    result: Result<T, Status>,
-    code: Code,
-    expected: &str,
-) -> Status {
-    let status = result.expect_err("the call should have failed");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(reason(&status), expected, "{status:?}");
-    status
-}
+#[allow(
+    unused_imports,
+    reason = "each test binary uses its own part of this setup"
+)]
+pub use portal_testkit::status::{assert_error, reason, violations};
