@@ -145,3 +145,41 @@ async fn a_malformed_request_id_is_invalid_argument_and_changes_nothing() {
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(effects(&admin).await, 0);
 }
+
+#[tokio::test]
+async fn answers_are_kept_for_a_day_and_then_forgotten() {
+    let db = TestDb::new(&all_schemas()).await.unwrap();
+    let (app, admin) = setup(&db).await;
+    let old = uuid::Uuid::now_v7().to_string();
+    let recent = uuid::Uuid::now_v7().to_string();
+    create(&app, "services/a", &old, "tenants/old")
+        .await
+        .unwrap();
+    create(&app, "services/a", &recent, "tenants/recent")
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE identity.idempotency SET create_time = now() - interval '25 hours'
+          WHERE request_id = $1::uuid",
+    )
+    .bind(&old)
+    .execute(&admin)
+    .await
+    .unwrap();
+    // As the service's own role, as the server's retention task runs it.
+    let mut conn = app.acquire().await.unwrap();
+    let forgotten = portal_platform::idempotency::forget_expired(&mut conn, "identity", 100)
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 1);
+    // The recent answer is still replayed; the old id now counts as a new request.
+    let again = create(&app, "services/a", &recent, "tenants/recent")
+        .await
+        .unwrap();
+    assert!(again.display_name.starts_with("tenants/recent"));
+    assert_eq!(effects(&admin).await, 2);
+    create(&app, "services/a", &old, "tenants/old")
+        .await
+        .unwrap();
+    assert_eq!(effects(&admin).await, 3);
+}

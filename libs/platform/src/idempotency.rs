@@ -90,6 +90,30 @@ where
     }
 }
 
+/// How long a stored answer is kept (the contracts promise 24 hours).
+pub const RETENTION_HOURS: i32 = 24;
+
+/// Forgets up to `batch` stored answers older than [`RETENTION_HOURS`]; returns how many. Run
+/// by the server's retention task (`server::serve`), one replica at a time.
+pub async fn forget_expired(
+    conn: &mut PgConnection,
+    schema: &str,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let delete = format!(
+        "DELETE FROM {schema}.idempotency WHERE ctid IN (
+             SELECT ctid FROM {schema}.idempotency
+              WHERE create_time < now() - make_interval(hours => $1)
+              LIMIT $2)"
+    );
+    let done = sqlx::query(AssertSqlSafe(delete))
+        .bind(RETENTION_HOURS)
+        .bind(batch)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// The answer already stored for this request, if any, without claiming the id: lets a
 /// handler that must call another service before [`once`] skip that call on a retry (and so
 /// answer a retry even while that service is down). The same id with a different request is

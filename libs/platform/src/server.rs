@@ -147,6 +147,7 @@ pub async fn serve(
         draining,
         ready: Arc::clone(&ready),
     };
+    tokio::spawn(forget_expired_answers(def, context.clone()));
     let routes = (def.routes)(context)?
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -226,6 +227,37 @@ fn reflection(def: &ServiceDef) -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(def.descriptor_set)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Once the service is ready, and until it drains: one replica at a time forgets stored
+/// idempotency answers past their retention, every `RETENTION_SWEEP`.
+async fn forget_expired_answers(def: &'static ServiceDef, context: ServiceContext) {
+    const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
+    const BATCH: i64 = 10_000;
+    if !context.until_ready().await {
+        return;
+    }
+    let drained = |mut draining: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = draining.wait_for(|drain| *drain).await;
+    };
+    let name = format!("{}.retention", def.schema.name);
+    let writer = crate::single_writer::SingleWriter::new(&name, RETENTION_SWEEP);
+    writer
+        .run(&context.pool, drained(context.draining.clone()), |conn| {
+            let draining = context.draining.clone();
+            Box::pin(async move {
+                loop {
+                    while crate::idempotency::forget_expired(conn, def.schema.name, BATCH).await?
+                        == u64::try_from(BATCH).unwrap_or(u64::MAX)
+                    {}
+                    tokio::select! {
+                        () = tokio::time::sleep(RETENTION_SWEEP) => {}
+                        () = drained(draining.clone()) => return Ok(()),
+                    }
+                }
+            })
+        })
+        .await;
 }
 
 /// Consecutive failed probes after which a ready service says it is not: one slow answer is
