@@ -26,7 +26,7 @@ fn some_method(def: &ServiceDef) -> String {
         "identity" => "GetTenant",
         "consent" => "GetConsentState",
         "approval" => "GetApprovalRequest",
-        _ => "GetCheckpoint",
+        _ => "GetEntity",
     };
     format!("/{}/{method}", def.grpc_service)
 }
