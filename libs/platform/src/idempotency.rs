@@ -60,34 +60,74 @@ where
     Resp: Message + Default,
     F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c, Resp>,
 {
-    // A malformed id is the caller's mistake whatever the database's state.
-    let request_id = parse_request_id(key.request_id)?;
     let mut tx = pool.begin().await?;
+    let request_id = match claim_in::<Req, Resp>(&mut tx, schema, &key, request).await? {
+        Claim::Answered(answer) => return Ok(answer),
+        Claim::Claimed(request_id) => request_id,
+    };
+    let response = work(&mut tx).await?;
     if let Some(request_id) = request_id {
-        let hash = Sha256::digest(request.encode_to_vec()).to_vec();
-        if let Some(answer) = claim(&mut tx, schema, &key, request_id, &hash).await? {
-            return Resp::decode(answer.as_slice())
-                .map_err(|e| ApiError::internal(format_args!("stored answer: {e}")));
-        }
-        let response = work(&mut tx).await?;
-        let store = format!(
-            "UPDATE {schema}.idempotency SET response = $4 \
-             WHERE caller = $1 AND method = $2 AND request_id = $3"
-        );
-        sqlx::query(AssertSqlSafe(store))
-            .bind(key.caller)
-            .bind(key.method)
-            .bind(request_id)
-            .bind(response.encode_to_vec())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(response)
-    } else {
-        let response = work(&mut tx).await?;
-        tx.commit().await?;
-        Ok(response)
+        store_answer(&mut tx, schema, &key, request_id, &response).await?;
     }
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// What [`claim_in`] found.
+#[derive(Debug)]
+pub enum Claim<Resp> {
+    /// The request was answered before: the stored answer.
+    Answered(Resp),
+    /// The id is this transaction's now (or `None`: no `request_id`, no idempotency); do the
+    /// work and [`store_answer`] in the same transaction.
+    Claimed(Option<uuid::Uuid>),
+}
+
+/// [`once`]'s first step inside a transaction the caller runs (for work that handles several
+/// requests in one transaction, as group commit does).
+pub async fn claim_in<Req, Resp>(
+    tx: &mut PgConnection,
+    schema: &'static str,
+    key: &RequestKey<'_>,
+    request: &Req,
+) -> Result<Claim<Resp>, ApiError>
+where
+    Req: Message,
+    Resp: Message + Default,
+{
+    // A malformed id is the caller's mistake whatever the database's state.
+    let Some(request_id) = parse_request_id(key.request_id)? else {
+        return Ok(Claim::Claimed(None));
+    };
+    let hash = Sha256::digest(request.encode_to_vec()).to_vec();
+    match claim(tx, schema, key, request_id, &hash).await? {
+        Some(answer) => Resp::decode(answer.as_slice())
+            .map(Claim::Answered)
+            .map_err(|e| ApiError::internal(format_args!("stored answer: {e}"))),
+        None => Ok(Claim::Claimed(Some(request_id))),
+    }
+}
+
+/// [`once`]'s last step: stores the answer to a claimed request in the same transaction.
+pub async fn store_answer<Resp: Message>(
+    tx: &mut PgConnection,
+    schema: &'static str,
+    key: &RequestKey<'_>,
+    request_id: uuid::Uuid,
+    response: &Resp,
+) -> Result<(), ApiError> {
+    let store = format!(
+        "UPDATE {schema}.idempotency SET response = $4 \
+         WHERE caller = $1 AND method = $2 AND request_id = $3"
+    );
+    sqlx::query(AssertSqlSafe(store))
+        .bind(key.caller)
+        .bind(key.method)
+        .bind(request_id)
+        .bind(response.encode_to_vec())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// How long a stored answer is kept (the contracts promise 24 hours).

@@ -32,7 +32,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::{self, EntityFacts, Outcome, Transfer};
-use crate::store::{self, EntityRow, NewRecord, RecordFilter};
+use crate::sequencer::{self, Pending, Sequencer};
+use crate::store::{self, EntityRow, RecordFilter};
 use crate::{SERVICE, leaf, tree, workers};
 
 /// Records per page of an export stream read from the database.
@@ -45,6 +46,8 @@ pub struct TransferServiceApi {
     settings: Arc<TransferSettings>,
     consent: Consent,
     published_keys: Arc<PublishedKeys>,
+    /// Appends decided records in batches (group commit).
+    sequencer: Sequencer,
 }
 
 impl TransferServiceApi {
@@ -58,6 +61,7 @@ impl TransferServiceApi {
         );
         Ok(Self {
             consent: Consent::new(&context)?,
+            sequencer: Sequencer::start(context.pool.clone()),
             published_keys: Arc::new(PublishedKeys::from_settings(&context.settings)),
             settings: Arc::new(context.settings.transfer.clone()),
             pool: context.pool,
@@ -448,7 +452,7 @@ impl AffiliateTransferService for TransferServiceApi {
         let transfer = domain::transfer(body).map_err(status)?;
         let key = RequestKey {
             caller: &caller.subject,
-            method: "portal.transfer.v1.AffiliateTransferService/AuthorizeTransfer",
+            method: sequencer::METHOD,
             request_id: &body.request_id,
         };
         // A retry returns the record first appended, even while consent is unreachable.
@@ -473,45 +477,24 @@ impl AffiliateTransferService for TransferServiceApi {
             .decide(&transfer, source.as_ref(), destination.as_ref())
             .await
             .map_err(status)?;
-        let requested_by = caller.subject.clone();
-        let request_id = body.request_id.clone();
-        let appended = idempotency::once(&self.pool, SERVICE.schema.name, key, body, |tx| {
-            Box::pin(async move {
-                let record = leaf::record(
-                    &transfer,
-                    source.as_ref(),
-                    destination.as_ref(),
-                    &outcome,
-                    &request_id,
-                    &requested_by,
-                );
-                let sequence = store::next_sequence(tx).await?;
-                let (served, leaf_data) = leaf::seal(record, sequence);
-                let row = NewRecord {
-                    id: domain::record_id(&served.name, "name")?,
-                    subject: &served.subject,
-                    allowed: outcome.allowed.is_ok(),
-                    source: transfer.source,
-                    destination: transfer.destination,
-                    source_region: &served.source_region,
-                    destination_region: &served.destination_region,
-                    source_country: &served.source_country,
-                    destination_country: &served.destination_country,
-                    data_categories: &served.data_categories,
-                    record_time: served
-                        .record_time
-                        .as_ref()
-                        .map(|t| from_timestamp(t, "record_time"))
-                        .transpose()?
-                        .unwrap_or_else(Utc::now),
-                };
-                store::append(tx, sequence, &row, &leaf_data, &served.leaf_hash).await?;
-                store::add_leaf(tx, sequence, &served.leaf_hash).await?;
-                Ok(served)
-            })
-        })
-        .await
-        .map_err(status)?;
+        let record = leaf::record(
+            &transfer,
+            source.as_ref(),
+            destination.as_ref(),
+            &outcome,
+            &body.request_id,
+            &caller.subject,
+        );
+        let pending = Pending::new(
+            caller.subject.clone(),
+            body.clone(),
+            record,
+            outcome.allowed.is_ok(),
+            transfer.source,
+            transfer.destination,
+        );
+        // Answered once the batch holding it is committed (group commit).
+        let appended = self.sequencer.append(pending).await.map_err(status)?;
         tracing::info!(
             record = %appended.name,
             sequence = appended.sequence,

@@ -1,13 +1,14 @@
 //! The transfer service: The registry of group entities and subcontractors, and the decision and log of every transfer of PI (Articles 3, 4).
 //!
 //! `api` holds the gRPC handlers, `domain` the rules of Art. 3 and 4 (no I/O), `leaf` the
-//! records as Merkle leaves, `tree` tree heads, proofs and checkpoints, `update` UpdateEntity's
+//! records as Merkle leaves, `sequencer` group commit, `tree` tree heads, proofs and checkpoints, `update` UpdateEntity's
 //! field mask, `store` the SQL and `workers` the consumer of identity's deletions and the
 //! checkpoint writer.
 
 mod api;
 mod domain;
 mod leaf;
+mod sequencer;
 mod store;
 mod tree;
 mod update;

@@ -1327,3 +1327,36 @@ async fn records_name_the_subject_only_and_hold_no_personal_information() {
         }
     }
 }
+
+#[tokio::test]
+async fn concurrent_decisions_are_committed_in_batches_not_one_commit_each() {
+    let suite = suite().await;
+    // Unregistered entities: decided without consent, so the calls arrive together.
+    let unknown = |n: u32| portal_proto::transfer::v1::GroupEntity {
+        name: format!("entities/0190f7a0-0000-7000-8000-{n:012}"),
+        ..Default::default()
+    };
+    let (from, to) = (unknown(1), unknown(2));
+    let calls: Vec<_> = (0..100)
+        .map(|n| {
+            let mut transfer = suite.transfer.clone();
+            let request = transfer_request(&user(n), &from, &to);
+            tokio::spawn(async move { transfer.authorize_transfer(as_mover(request)).await })
+        })
+        .collect();
+    let mut sequences = Vec::new();
+    for call in calls {
+        sequences.push(call.await.unwrap().unwrap().into_inner().sequence);
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (0..100).collect::<Vec<i64>>());
+    // Every answered record is committed, and they share commits.
+    let admin = suite.db.admin_pool().await.unwrap();
+    let (records, commits): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM transfer.records")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!(records, 100);
+    assert!(commits < 100, "{commits} commits for 100 records");
+}
