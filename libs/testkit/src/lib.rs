@@ -6,6 +6,7 @@
 
 mod database;
 pub mod keys;
+pub mod load;
 pub mod pki;
 pub mod postgres;
 mod proxy;

@@ -28,6 +28,7 @@ use portal_proto::consent::v1::{
     Basis, CheckConsentRequest, PolicyDocument, PublishDocumentVersionRequest,
     RecordConsentRequest, Scope,
 };
+use portal_testkit::load::percentile;
 use portal_testkit::{TestDb, TestService, keys};
 use tokio::task::JoinSet;
 use tonic::Request;
@@ -355,15 +356,6 @@ impl Level {
             self.errors,
         )
     }
-}
-
-/// Nearest-rank percentile of sorted latencies (zero when there are none).
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// What one client task saw.
