@@ -90,6 +90,31 @@ pub fn root(size: u64, mut node: impl FnMut(Node) -> Hash) -> Hash {
     range_hash(0, size, &mut node)
 }
 
+/// Every complete subtree over `leaves`, as the service stores them on append: (level, index)
+/// to hash.
+pub fn subtrees(leaves: &[Hash]) -> std::collections::HashMap<Node, Hash> {
+    let mut nodes = std::collections::HashMap::new();
+    for (i, leaf) in (0u64..).zip(leaves) {
+        nodes.insert((0, i), *leaf);
+        for (new, left) in completed_by(i) {
+            let right = (new.0 - 1, new.1 * 2 + 1);
+            if let (Some(l), Some(r)) = (nodes.get(&left), nodes.get(&right)) {
+                let hash = node_hash(l, r);
+                nodes.insert(new, hash);
+            }
+        }
+    }
+    nodes
+}
+
+/// The tree head over `leaves` held in memory (an auditor's export).
+pub fn tree_root(leaves: &[Hash]) -> Hash {
+    let nodes = subtrees(leaves);
+    root(leaves.len() as u64, |node| {
+        nodes.get(&node).copied().unwrap_or([0u8; 32])
+    })
+}
+
 /// RFC 9162 inclusion proof (audit path) of leaf `index` in the tree of `size` leaves,
 /// `index < size`: sibling hashes from the leaf upwards.
 pub fn inclusion_proof(index: u64, size: u64, mut node: impl FnMut(Node) -> Hash) -> Vec<Hash> {
@@ -241,26 +266,9 @@ pub fn verify_consistency(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use proptest::prelude::*;
 
     use super::*;
-
-    /// Every complete subtree of `leaves`, as the service stores them on append.
-    fn stored(leaves: &[Hash]) -> HashMap<Node, Hash> {
-        let mut nodes = HashMap::new();
-        for (i, leaf) in leaves.iter().enumerate() {
-            let i = i as u64;
-            nodes.insert((0, i), *leaf);
-            for (new, left) in completed_by(i) {
-                let right = (new.0 - 1, new.1 * 2 + 1);
-                let hash = node_hash(&nodes[&left], &nodes[&right]);
-                nodes.insert(new, hash);
-            }
-        }
-        nodes
-    }
 
     /// MTH straight from RFC 6962, over the leaves in memory.
     fn reference_root(leaves: &[Hash]) -> Hash {
@@ -302,7 +310,7 @@ mod tests {
             ]
         );
         let one = leaves(1, 0);
-        let nodes = stored(&one);
+        let nodes = subtrees(&one);
         assert_eq!(root(1, |n| nodes[&n]), one[0]);
     }
 
@@ -312,8 +320,9 @@ mod tests {
         #[test]
         fn roots_from_stored_subtrees_match_the_rfc(n in 0usize..300, seed in any::<u8>()) {
             let leaves = leaves(n, seed);
-            let nodes = stored(&leaves);
+            let nodes = subtrees(&leaves);
             prop_assert_eq!(root(n as u64, |node| nodes[&node]), reference_root(&leaves));
+            prop_assert_eq!(tree_root(&leaves), reference_root(&leaves));
             let read = needed(|node| {
                 root(n as u64, node);
             });
@@ -328,7 +337,7 @@ mod tests {
             seed in any::<u8>(),
         ) {
             let leaves = leaves(n, seed);
-            let nodes = stored(&leaves);
+            let nodes = subtrees(&leaves);
             let index = pick.index(n) as u64;
             let head = reference_root(&leaves);
             let proof = inclusion_proof(index, n as u64, |node| nodes[&node]);
@@ -360,7 +369,7 @@ mod tests {
             seed in any::<u8>(),
         ) {
             let leaves = leaves(second, seed);
-            let nodes = stored(&leaves);
+            let nodes = subtrees(&leaves);
             let first = pick.index(second) + 1;
             let (m, n) = (first as u64, second as u64);
             let first_root = reference_root(&leaves[..first]);

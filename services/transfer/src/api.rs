@@ -720,14 +720,15 @@ impl AffiliateTransferService for TransferServiceApi {
             u64::try_from(size).unwrap_or_default(),
         );
         let mut conn = self.pool.acquire().await.map_err(|e| status(e.into()))?;
-        let hashes = tree::with_nodes(&mut conn, |node| {
-            portal_merkle::inclusion_proof(index, n, node)
+        // The leaf and its path, from one read of the stored nodes.
+        let (leaf, hashes) = tree::with_nodes(&mut conn, |node| {
+            (
+                node((0, index)),
+                portal_merkle::inclusion_proof(index, n, node),
+            )
         })
         .await
         .map_err(status)?;
-        let leaf = tree::with_nodes(&mut conn, |node| node((0, index)))
-            .await
-            .map_err(status)?;
         let record = store::record_at(&self.pool, body.sequence)
             .await
             .map_err(|e| status(e.into()))?

@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use portal_merkle::{Hash, Node};
+use portal_merkle::Hash;
 use portal_proto::transfer::v1::group_entity::Kind;
 use portal_proto::transfer::v1::{
     Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest,
@@ -19,26 +18,6 @@ use portal_proto::transfer::v1::{
 };
 use prost::Message;
 use tonic::Code;
-
-/// Every complete subtree over `leaves`, as an auditor can build it from an export.
-fn subtrees(leaves: &[Hash]) -> HashMap<Node, Hash> {
-    let mut nodes = HashMap::new();
-    for (i, leaf) in leaves.iter().enumerate() {
-        let i = i as u64;
-        nodes.insert((0, i), *leaf);
-        for (new, left) in portal_merkle::completed_by(i) {
-            let right = (new.0 - 1, new.1 * 2 + 1);
-            let hash = portal_merkle::node_hash(&nodes[&left], &nodes[&right]);
-            nodes.insert(new, hash);
-        }
-    }
-    nodes
-}
-
-fn root_of(leaves: &[Hash]) -> Hash {
-    let nodes = subtrees(leaves);
-    portal_merkle::root(leaves.len() as u64, |node| nodes[&node])
-}
 
 /// The leaf hash recomputed from the record, not taken from it.
 fn recomputed(record: &TransferRecord) -> Hash {
@@ -152,7 +131,7 @@ async fn every_record_is_proven_in_the_signed_tree_and_older_trees_are_its_prefi
     }
     let head = hash(&checkpoint.root_hash);
     assert_eq!(
-        root_of(&leaves),
+        portal_merkle::tree_root(&leaves),
         head,
         "the signed root is the tree of the records"
     );
@@ -199,7 +178,7 @@ async fn every_record_is_proven_in_the_signed_tree_and_older_trees_are_its_prefi
         assert!(portal_merkle::verify_consistency(
             first as u64,
             13,
-            &root_of(&leaves[..first]),
+            &portal_merkle::tree_root(&leaves[..first]),
             &head,
             &path
         ));

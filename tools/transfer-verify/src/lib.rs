@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use portal_merkle::{Hash, Node};
+use portal_merkle::Hash;
 use portal_proto::transfer::v1::{Checkpoint, ConsistencyProof, TransferRecord};
 use prost::Message;
 
@@ -153,25 +153,7 @@ pub fn verify_consistency(
     }
 }
 
-/// The RFC 6962 tree head over `leaves`, built bottom up in memory.
-pub fn tree_root(leaves: &[Hash]) -> Hash {
-    let mut nodes: HashMap<Node, Hash> = HashMap::new();
-    for (i, leaf) in leaves.iter().enumerate() {
-        let i = i as u64;
-        nodes.insert((0, i), *leaf);
-        for (new, left) in portal_merkle::completed_by(i) {
-            let right = (new.0 - 1, new.1 * 2 + 1);
-            let (Some(l), Some(r)) = (nodes.get(&left), nodes.get(&right)) else {
-                continue;
-            };
-            let hash = portal_merkle::node_hash(l, r);
-            nodes.insert(new, hash);
-        }
-    }
-    portal_merkle::root(leaves.len() as u64, |node| {
-        nodes.get(&node).copied().unwrap_or([0u8; 32])
-    })
-}
+pub use portal_merkle::tree_root;
 
 /// Reads an export file: length-delimited records.
 pub fn read_records(mut bytes: &[u8]) -> Result<Vec<TransferRecord>, Failure> {
