@@ -52,6 +52,8 @@ fn install_telemetry() {
             log_filter: "error,events=info,portal_platform::events=info".to_owned(),
             service_namespace: "portal".to_owned(),
             otlp_endpoint: None,
+            metrics_listen: None,
+            metrics_export_interval_ms: 30_000,
         };
         telemetry::init("events-test", &settings).unwrap()
     });

@@ -12,66 +12,26 @@
 use std::time::Duration;
 
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::trace::v1::Span;
 use portal_platform::config::{LogFormat, TelemetrySettings};
 use portal_platform::{client, telemetry};
 use portal_proto::identity::v1::GetTenantRequest;
 use portal_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use portal_testkit::telemetry::Collector;
 use portal_testkit::{TestDb, TestService, eventually};
 use portal_tests::all_schemas;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// A real OTLP/gRPC receiver that hands every exported span to the test.
-#[derive(Debug)]
-struct Collector(mpsc::UnboundedSender<Span>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans = request
-            .into_inner()
-            .resource_spans
-            .into_iter()
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans);
-        for span in spans {
-            let _ = self.0.send(span);
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-async fn start_collector() -> (String, mpsc::UnboundedReceiver<Span>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let (spans_tx, spans) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(spans_tx)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    (endpoint, spans)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_is_exported_over_otlp_within_the_callers_trace() {
-    let (endpoint, mut spans) = start_collector().await;
+    let collector = Collector::start().await.unwrap();
     let settings = TelemetrySettings {
         log_format: LogFormat::Human,
         log_filter: "info".to_owned(),
         service_namespace: "portal".to_owned(),
-        otlp_endpoint: Some(endpoint),
+        otlp_endpoint: Some(collector.endpoint().to_owned()),
+        metrics_listen: None,
+        metrics_export_interval_ms: 30_000,
     };
     let telemetry = telemetry::init("identity-service", &settings).unwrap();
     let db = TestDb::new(&all_schemas()).await.unwrap();
@@ -115,15 +75,12 @@ async fn a_call_is_exported_over_otlp_within_the_callers_trace() {
         .await
         .unwrap();
 
-    let mut seen = Vec::new();
     let server_spans = eventually(Duration::from_secs(10), "both server spans", || {
-        while let Ok(span) = spans.try_recv() {
-            seen.push(span);
-        }
+        let seen = collector.spans();
         let server_span_in = |trace: &str| {
             seen.iter()
-                .find(|s| hex(&s.trace_id) == trace && s.name.ends_with("GetTenant"))
-                .cloned()
+                .find(|s| s.trace_id() == trace && s.span.name.ends_with("GetTenant"))
+                .map(|s| s.span.clone())
         };
         let found = server_span_in(caller_trace).zip(server_span_in(&work_trace));
         async move { found }

@@ -63,7 +63,12 @@ impl Identity {
                 event.traceparent.clone(),
                 event.tracestate.clone(),
             );
-            Received::parse(&cursor, &traceparent, &tracestate, event).map_err(tonic::Status::from)
+            let committed = event
+                .event_time
+                .and_then(|time| std::time::SystemTime::try_from(time).ok());
+            Received::parse(&cursor, &traceparent, &tracestate, event)
+                .map(|received| received.committed_at(committed))
+                .map_err(tonic::Status::from)
         }))
     }
 }

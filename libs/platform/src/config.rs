@@ -69,8 +69,12 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub service_namespace: String,
-    /// OTLP/gRPC collector; traces are exported only when this is set.
+    /// OTLP/gRPC collector; traces and metrics are exported only when this is set.
     pub otlp_endpoint: Option<String>,
+    /// Where Prometheus scrapes `GET /metrics` (plain HTTP, its own port); absent: no scrape.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How often metrics are pushed to `otlp_endpoint`.
+    pub metrics_export_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -398,6 +398,8 @@ pub struct Received<T> {
     pub cursor: Cursor,
     pub traceparent: String,
     pub tracestate: String,
+    /// When the event was committed at its source, if the feed says (for the lag metric).
+    pub event_time: Option<std::time::SystemTime>,
     pub event: T,
 }
 
@@ -413,8 +415,16 @@ impl<T> Received<T> {
             cursor: Cursor::parse(cursor)?,
             traceparent: traceparent.to_owned(),
             tracestate: tracestate.to_owned(),
+            event_time: None,
             event,
         })
+    }
+
+    /// The same event, saying when it was committed at its source.
+    #[must_use]
+    pub fn committed_at(mut self, time: Option<std::time::SystemTime>) -> Self {
+        self.event_time = time;
+        self
     }
 }
 
@@ -502,7 +512,11 @@ impl Consumer {
             event.source = %self.source,
         );
         telemetry::continue_trace(&span, &event.traceparent, &event.tracestate);
-        self.apply_in_span(event, effect).instrument(span).await
+        let applied = self.apply_in_span(event, effect).instrument(span).await?;
+        if applied == Applied::Applied {
+            crate::metrics::event_applied(self.schema, &self.source, event.event_time);
+        }
+        Ok(applied)
     }
 
     async fn apply_in_span<T, E, F>(&self, event: &Received<T>, effect: F) -> Result<Applied, E>
@@ -613,6 +627,25 @@ impl Consumer {
             Ok(events) => events,
             Err(e) => return format!("opening the feed: {e}"),
         };
+        crate::metrics::event_feed_connected(self.schema, &self.source, true);
+        let ended = self.apply_all(events, effect, progressed).await;
+        crate::metrics::event_feed_connected(self.schema, &self.source, false);
+        ended
+    }
+
+    /// Applies events from an open feed until it ends or fails; returns why it ended.
+    async fn apply_all<T, E, SE, S, F>(
+        &self,
+        events: S,
+        effect: &F,
+        progressed: &mut bool,
+    ) -> String
+    where
+        E: From<sqlx::Error> + fmt::Display,
+        SE: fmt::Display,
+        S: Stream<Item = Result<Received<T>, SE>>,
+        F: for<'c> Fn(&'c mut PgConnection, &'c T) -> Effect<'c, E>,
+    {
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
             let event = match event {

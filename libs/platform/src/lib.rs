@@ -1,5 +1,5 @@
 //! What every portal service stands on, each mechanism in one place: configuration
-//! ([`config`]), telemetry ([`telemetry`]), the database and its roles ([`db`]), serving
+//! ([`config`]), telemetry ([`telemetry`], [`metrics`]), the database and its roles ([`db`]), serving
 //! ([`server`]), outgoing calls ([`client`]), errors as gRPC statuses ([`error`]), the binary
 //! entry point ([`cli`]) and a private PostgreSQL from local binaries ([`local_pg`]).
 
@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod local_pg;
+pub mod metrics;
 pub mod names;
 pub mod paging;
 pub mod server;

@@ -3,8 +3,9 @@
 //! message sizes and concurrency, a readiness gate, and a graceful drain on shutdown.
 //!
 //! Requests pass, outermost first: the trace span (with the caller's W3C context), the
-//! deadline, authentication (`auth::layer`), then the readiness gate; the last two are
-//! `admission` checks, which let health and reflection through untouched.
+//! deadline, the request metrics (`metrics`), authentication (`auth::layer`), then the
+//! readiness gate; the last two are `admission` checks, which let health and reflection
+//! through untouched.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -111,6 +112,7 @@ pub async fn serve(
     let pool = access
         .app_pool()
         .context("database.url is not a usable PostgreSQL URL")?;
+    crate::metrics::observe_pool(def.name, &pool);
 
     let authenticator = Arc::new(Authenticator::from_settings(&settings)?);
     let signer = TokenSigner::from_settings(&settings)?.map(Arc::new);
@@ -183,6 +185,8 @@ pub async fn serve(
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .max_concurrent_streams(max_streams)
         .trace_fn(telemetry::server_span)
+        // Outermost, so refused calls (unauthenticated, database lost) are counted too.
+        .layer(crate::metrics::RpcMetricsLayer::new(def.name))
         // Who is calling is settled first: without credentials the answer is UNAUTHENTICATED
         // whatever the state of the database.
         .layer(AdmissionLayer::new(

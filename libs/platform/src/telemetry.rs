@@ -1,6 +1,7 @@
 //! Tracing for every process: `tracing` output for people (human or JSON), OpenTelemetry spans
 //! exported over OTLP when an endpoint is configured, and W3C trace context carried across
 //! every gRPC hop (extracted here for incoming calls, injected by `client` for outgoing ones).
+//! Metrics share the process's OpenTelemetry resource (`crate::metrics`).
 
 use std::io::IsTerminal;
 
@@ -18,10 +19,11 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetrySettings};
 
-/// Keeps the tracer provider alive; flushes spans still buffered when dropped.
+/// Keeps the tracer and meter providers alive; flushes what is still buffered when dropped.
 #[derive(Debug)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    _metrics: crate::metrics::Metrics,
 }
 
 impl Drop for Telemetry {
@@ -33,10 +35,13 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs the process-wide subscriber. `service_name` becomes the OpenTelemetry
-/// `service.name`. Fails if a subscriber is already installed or the exporter cannot be built.
+/// Installs the process-wide subscriber and meter provider (inside the Tokio runtime).
+/// `service_name` becomes the OpenTelemetry `service.name`. Fails if a subscriber is already
+/// installed, an exporter cannot be built or the metrics port cannot be bound.
 pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<Telemetry> {
-    let provider = tracer_provider(service_name, settings)?;
+    let resource = resource(service_name, settings);
+    let metrics = crate::metrics::init(resource.clone(), settings)?;
+    let provider = tracer_provider(resource, settings)?;
     let tracer = provider.tracer("portal");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
@@ -55,20 +60,26 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
         // process from the caller to the services it calls.
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()?;
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        _metrics: metrics,
+    })
 }
 
-fn tracer_provider(
-    service_name: &str,
-    settings: &TelemetrySettings,
-) -> anyhow::Result<SdkTracerProvider> {
-    let resource = Resource::builder()
+fn resource(service_name: &str, settings: &TelemetrySettings) -> Resource {
+    Resource::builder()
         .with_service_name(service_name.to_owned())
         .with_attributes([
             KeyValue::new("service.namespace", settings.service_namespace.clone()),
             KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         ])
-        .build();
+        .build()
+}
+
+fn tracer_provider(
+    resource: Resource,
+    settings: &TelemetrySettings,
+) -> anyhow::Result<SdkTracerProvider> {
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = &settings.otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()

@@ -1,7 +1,8 @@
 //! The test harness every service's tests use: a real PostgreSQL ([`postgres`]), a fresh
 //! database per test cloned from a migrated template ([`TestDb`]), services on port 0 with a
 //! connected client ([`TestService`]), and a TCP proxy that cuts one service's database
-//! connection without touching the shared server ([`TcpProxy`]). Nothing is shared between
+//! connection without touching the shared server ([`TcpProxy`]), and a real OTLP receiver and
+//! Prometheus scrape ([`telemetry`]). Nothing is shared between
 //! tests but the server and the template, so tests (and whole test runs) can run in parallel.
 
 mod database;
@@ -12,6 +13,7 @@ pub mod postgres;
 mod proxy;
 mod service;
 pub mod status;
+pub mod telemetry;
 
 pub use database::TestDb;
 pub use proxy::TcpProxy;

@@ -91,13 +91,22 @@ async fn checkpoint_if_grown(
 ) -> Result<(), sqlx::Error> {
     let size = store::log_size(&mut *conn).await?;
     let latest = store::latest_checkpoint(&mut *conn).await?;
-    if latest.is_some_and(|c| c.tree_size >= size) {
+    let covered = latest.as_ref().map_or(0, |c| c.tree_size);
+    let waiting = u64::try_from(size - covered).unwrap_or(0);
+    let age = latest
+        .as_ref()
+        .filter(|_| waiting > 0)
+        .and_then(|c| (chrono::Utc::now() - c.time).to_std().ok())
+        .unwrap_or_default();
+    portal_platform::metrics::checkpoint_lag(waiting, age);
+    if waiting == 0 && latest.is_some() {
         return Ok(());
     }
     let checkpoint = tree::sign(conn, signer, origin, size)
         .await
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     store::insert_checkpoint(conn, &checkpoint).await?;
+    portal_platform::metrics::checkpoint_lag(0, Duration::ZERO);
     tracing::debug!(tree_size = size, "checkpoint signed");
     Ok(())
 }
