@@ -15,3 +15,5 @@ pub const ALL_SERVICES: [&ServiceDef; 4] = [
 pub fn all_schemas() -> Vec<Schema> {
     ALL_SERVICES.iter().map(|def| def.schema).collect()
 }
+
+pub mod suite;

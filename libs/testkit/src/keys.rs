@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use portal_platform::auth::Kind;
 use portal_platform::auth::keys::{TokenSigner, trust_one_key_for_everything};
 use portal_platform::config::{Settings, random_secret_key};
+use secrecy::ExposeSecret;
 
 /// Key id of the harness's key.
 pub const TEST_KEY_ID: &str = "test-key";
@@ -75,6 +76,83 @@ pub fn configure(settings: &mut Settings) -> anyhow::Result<()> {
         TEST_KEY_ID,
         &key().0,
     )?)
+}
+
+/// What [`configure`] sets, as a TOML file for a service running as its own process
+/// (`<service> --config FILE`): the harness's key trusted for every kind and signed with,
+/// identity's PI keys (the same for every process this test binary starts, so a restarted
+/// identity opens what an earlier one sealed) and the cheap Argon2 cost. Lists of keys cannot
+/// be given as environment variables, hence a file.
+pub fn config_toml() -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut settings = Settings::load_from(None, std::collections::HashMap::new())?;
+    configure(&mut settings)?;
+    let mut toml = String::from("[auth]\n");
+    if let Some(signing) = &settings.auth.signing_key {
+        writeln!(
+            toml,
+            "signing_key = {{ key_id = {}, private_key = {} }}",
+            toml_string(&signing.key_id),
+            toml_string(signing.private_key.expose_secret())
+        )?;
+    }
+    for trusted in &settings.auth.trusted_keys {
+        let kinds: Vec<String> = trusted
+            .kinds
+            .iter()
+            .map(|kind| toml_string(&format!("{kind:?}").to_ascii_uppercase()))
+            .collect();
+        writeln!(toml, "\n[[auth.trusted_keys]]")?;
+        writeln!(toml, "key_id = {}", toml_string(&trusted.key_id))?;
+        writeln!(toml, "public_key = {}", toml_string(&trusted.public_key))?;
+        writeln!(toml, "kinds = [{}]", kinds.join(", "))?;
+    }
+    let identity = &settings.identity;
+    writeln!(toml, "\n[identity]")?;
+    if let Some(current) = &identity.current_key_encryption_key {
+        writeln!(
+            toml,
+            "current_key_encryption_key = {}",
+            toml_string(current)
+        )?;
+    }
+    let keks: Vec<String> = identity
+        .key_encryption_keys
+        .iter()
+        .map(|kek| {
+            format!(
+                "{{ key_id = {}, key = {} }}",
+                toml_string(&kek.key_id),
+                toml_string(kek.key.expose_secret())
+            )
+        })
+        .collect();
+    writeln!(toml, "key_encryption_keys = [{}]", keks.join(", "))?;
+    if let Some(lookup) = &identity.lookup_key {
+        writeln!(toml, "lookup_key = {}", toml_string(lookup.expose_secret()))?;
+    }
+    let argon2 = &identity.argon2;
+    writeln!(toml, "\n[identity.argon2]")?;
+    writeln!(toml, "memory_kib = {}", argon2.memory_kib)?;
+    writeln!(toml, "iterations = {}", argon2.iterations)?;
+    writeln!(toml, "parallelism = {}", argon2.parallelism)?;
+    Ok(toml)
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// `message` as a request carrying `token` (`authorization: Bearer ...`).
