@@ -33,6 +33,16 @@ impl ReceivedSpan {
     pub fn trace_id(&self) -> String {
         hex::encode(&self.span.trace_id)
     }
+
+    /// The span's id as 16 lower-case hex digits.
+    pub fn span_id(&self) -> String {
+        hex::encode(&self.span.span_id)
+    }
+
+    /// The parent span's id as 16 lower-case hex digits; empty for a root span.
+    pub fn parent_span_id(&self) -> String {
+        hex::encode(&self.span.parent_span_id)
+    }
 }
 
 /// A metric as received, with the `service.name` of the process that exported it.
@@ -181,4 +191,19 @@ pub async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<String> {
         "a chunked answer; read it with an HTTP client"
     );
     Ok(body.to_owned())
+}
+
+/// The value of the sample `name` in a Prometheus text exposition whose labels include every
+/// pair of `labels`; `None` when there is no such sample.
+pub fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+        let has = |key: &str, val: &str| {
+            let pair = format!("{key}=\"{val}\"");
+            series_labels.starts_with(&pair) || series_labels.contains(&format!(",{pair}"))
+        };
+        let matches = series_name == name && labels.iter().all(|(key, val)| has(key, val));
+        matches.then(|| value.parse().ok()).flatten()
+    })
 }
