@@ -29,7 +29,9 @@ use ed25519_dalek::VerifyingKey;
 use portal_platform::ServiceDef;
 use portal_platform::time::to_timestamp;
 use portal_platform::tls::TlsSettings;
+use portal_proto::approval::v1::approval_request::Kind as RequestKind;
 use portal_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use portal_proto::approval::v1::{ApprovalRequest, CreateApprovalRequestRequest};
 use portal_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use portal_proto::consent::v1::policy_document::Kind as DocumentKind;
 use portal_proto::consent::v1::{
@@ -671,6 +673,19 @@ pub fn transfer_request(
         destination_entity: to.name.clone(),
         purpose: purpose.into(),
         legal_reference: String::new(),
+    }
+}
+
+/// A TENANT_CONNECTION request to `target_tenant`, with `message`.
+pub fn connection_request(target_tenant: &str, message: &str) -> CreateApprovalRequestRequest {
+    CreateApprovalRequestRequest {
+        request_id: new_request_id(),
+        approval_request: Some(ApprovalRequest {
+            kind: RequestKind::TenantConnection.into(),
+            target_tenant: target_tenant.to_owned(),
+            message: message.to_owned(),
+            ..ApprovalRequest::default()
+        }),
     }
 }
 
