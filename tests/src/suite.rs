@@ -548,8 +548,10 @@ fn binary(service: Service) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// `count` distinct free ports of 127.0.0.1, all held at once while they are picked.
-fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+/// `count` distinct free ports of 127.0.0.1, all held at once while they are picked (for a
+/// second port per process, such as `telemetry.metrics_listen` through
+/// [`SuiteOptions::service_env`]).
+pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..count)
         .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
         .collect::<Result<Vec<_>, _>>()?;

@@ -226,8 +226,7 @@ async fn a_colleagues_pi_goes_to_an_affiliate_abroad_but_not_to_a_third_party() 
 }
 
 #[tokio::test]
-async fn a_connection_request_is_received_accepted_and_confirmed_another_withdrawn_and_the_feed_shows_each_change()
- {
+async fn a_request_is_accepted_and_confirmed_another_withdrawn_and_the_feed_shows_each_change() {
     let suite = Suite::start().await.unwrap();
     suite.publish_terms(1).await.unwrap();
     let a = suite
@@ -512,8 +511,7 @@ async fn after_a_revision_of_the_terms_the_next_sign_in_records_consent_to_the_n
 }
 
 #[tokio::test]
-async fn a_deleted_colleague_is_unreadable_withdrawn_everywhere_refused_transfers_and_the_log_still_verifies()
- {
+async fn a_deleted_colleague_is_unreadable_withdrawn_and_refused_and_the_log_still_verifies() {
     let suite = Suite::start().await.unwrap();
     suite.publish_terms(1).await.unwrap();
     let operator = suite
