@@ -42,10 +42,10 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The process's metrics pipeline; flushes what is buffered when dropped.
+/// The process's metrics pipeline, if anything reads it; flushes what is buffered when dropped.
 #[derive(Debug)]
 pub struct Metrics {
-    provider: SdkMeterProvider,
+    provider: Option<SdkMeterProvider>,
     scrape: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -55,14 +55,23 @@ impl Drop for Metrics {
             scrape.abort();
         }
         // Bounded so a dead collector cannot hold up shutdown.
-        let _ = self.provider.shutdown_with_timeout(Duration::from_secs(3));
+        if let Some(provider) = &self.provider {
+            let _ = provider.shutdown_with_timeout(Duration::from_secs(3));
+        }
     }
 }
 
 /// Installs the process-wide meter provider: an OTLP exporter when an endpoint is configured
 /// and the Prometheus scrape when `metrics_listen` is. Must run inside the Tokio runtime, and
-/// before the first measurement (instruments made earlier measure nothing).
+/// before the first measurement (instruments made earlier measure nothing). With neither,
+/// measurements go to OpenTelemetry's no-op provider.
 pub fn init(resource: Resource, settings: &TelemetrySettings) -> anyhow::Result<Metrics> {
+    if settings.otlp_endpoint.is_none() && settings.metrics_listen.is_none() {
+        return Ok(Metrics {
+            provider: None,
+            scrape: None,
+        });
+    }
     let mut builder = SdkMeterProvider::builder().with_resource(resource);
     if let Some(endpoint) = &settings.otlp_endpoint {
         let exporter = opentelemetry_otlp::MetricExporter::builder()
@@ -89,7 +98,10 @@ pub fn init(resource: Resource, settings: &TelemetrySettings) -> anyhow::Result<
     }
     let provider = builder.build();
     opentelemetry::global::set_meter_provider(provider.clone());
-    Ok(Metrics { provider, scrape })
+    Ok(Metrics {
+        provider: Some(provider),
+        scrape,
+    })
 }
 
 /// A manual reader that the scrape handler and the provider share (the provider owns its
