@@ -615,6 +615,14 @@ pub mod callers {
     }
 }
 
+/// The entities [`Suite::register_group`] registers.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub operator: GroupEntity,
+    pub affiliate: GroupEntity,
+    pub third_party: GroupEntity,
+}
+
 /// A Portal User as identity holds them, with the access token SignIn issued them.
 #[derive(Debug, Clone)]
 pub struct SignedIn {
@@ -725,6 +733,34 @@ impl Suite {
             .publish_document_version(callers::operator(request))
             .await?
             .into_inner())
+    }
+
+    /// An operator registers the entities the journeys move PI between: the operator (Japan),
+    /// an affiliate abroad (Singapore) and a third party outside the group (US).
+    pub async fn register_group(&self) -> anyhow::Result<Group> {
+        Ok(Group {
+            operator: (self.create_entity(
+                EntityKind::Operator,
+                "Example Operator K.K.",
+                "JP",
+                "jp",
+            ))
+            .await?,
+            affiliate: (self.create_entity(
+                EntityKind::Affiliate,
+                "Example Affiliate Pte. Ltd.",
+                "SG",
+                "sg",
+            ))
+            .await?,
+            third_party: (self.create_entity(
+                EntityKind::ThirdParty,
+                "Example Analytics Inc.",
+                "US",
+                "us",
+            ))
+            .await?,
+        })
     }
 
     /// An operator registers a group entity (or a third party).

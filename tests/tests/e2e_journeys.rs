@@ -31,7 +31,7 @@ use portal_proto::transfer::v1::{Decision, DenialReason, LegalBasis, Purpose};
 use portal_testkit::eventually;
 use portal_testkit::status::assert_error;
 use portal_tests::suite::{
-    SignedIn, Suite, callers, connection_request, new_request_id, person, registration,
+    Group, SignedIn, Suite, callers, connection_request, new_request_id, person, registration,
     transfer_request,
 };
 use tonic::{Code, Streaming};
@@ -87,23 +87,11 @@ async fn a_colleagues_pi_goes_to_an_affiliate_abroad_but_not_to_a_third_party() 
 
     // An operator publishes the terms and registers the group's entities (Art. 3, 4).
     suite.publish_terms(1).await.unwrap();
-    let operator = suite
-        .create_entity(EntityKind::Operator, "Example Operator K.K.", "JP", "jp")
-        .await
-        .unwrap();
-    let affiliate = suite
-        .create_entity(
-            EntityKind::Affiliate,
-            "Example Affiliate Pte. Ltd.",
-            "SG",
-            "sg",
-        )
-        .await
-        .unwrap();
-    let third_party = suite
-        .create_entity(EntityKind::ThirdParty, "Example Analytics Inc.", "US", "us")
-        .await
-        .unwrap();
+    let Group {
+        operator,
+        affiliate,
+        third_party,
+    } = suite.register_group().await.unwrap();
 
     // A tenant admin registers a colleague, attesting their consent (Art. 5.2); the colleague
     // activates and signs in.
@@ -514,19 +502,11 @@ async fn after_a_revision_of_the_terms_the_next_sign_in_records_consent_to_the_n
 async fn a_deleted_colleague_is_unreadable_withdrawn_and_refused_and_the_log_still_verifies() {
     let suite = Suite::start().await.unwrap();
     suite.publish_terms(1).await.unwrap();
-    let operator = suite
-        .create_entity(EntityKind::Operator, "Example Operator K.K.", "JP", "jp")
-        .await
-        .unwrap();
-    let affiliate = suite
-        .create_entity(
-            EntityKind::Affiliate,
-            "Example Affiliate Pte. Ltd.",
-            "SG",
-            "sg",
-        )
-        .await
-        .unwrap();
+    let Group {
+        operator,
+        affiliate,
+        ..
+    } = suite.register_group().await.unwrap();
     let tenant = suite
         .create_tenant("Example Corporation", "PSC-2026-000401")
         .await

@@ -21,14 +21,13 @@ use portal_proto::approval::v1::{
 use portal_proto::consent::v1::{Basis, RecordConsentRequest, Scope};
 use portal_proto::identity::v1::user::{Role, State as UserState};
 use portal_proto::identity::v1::{DeleteUserRequest, GetUserRequest};
-use portal_proto::transfer::v1::group_entity::Kind as EntityKind;
 use portal_proto::transfer::v1::{
     Decision, DenialReason, GetTransferRecordRequest, LegalBasis, Purpose,
 };
 use portal_testkit::eventually;
 use portal_tests::suite::{
-    Service, SignedIn, Suite, callers, connection_request, new_request_id, person, registration,
-    transfer_request,
+    Group, Service, SignedIn, Suite, callers, connection_request, new_request_id, person,
+    registration, transfer_request,
 };
 use tonic::Streaming;
 
@@ -75,23 +74,11 @@ fn what(event: &ApprovalRequestEvent) -> (EventType, String) {
 async fn each_service_killed_mid_journey_keeps_what_it_acknowledged_and_the_journey_completes() {
     let mut suite = Suite::start().await.unwrap();
     suite.publish_terms(1).await.unwrap();
-    let operator = suite
-        .create_entity(EntityKind::Operator, "Example Operator K.K.", "JP", "jp")
-        .await
-        .unwrap();
-    let affiliate = suite
-        .create_entity(
-            EntityKind::Affiliate,
-            "Example Affiliate Pte. Ltd.",
-            "SG",
-            "sg",
-        )
-        .await
-        .unwrap();
-    let third_party = suite
-        .create_entity(EntityKind::ThirdParty, "Example Analytics Inc.", "US", "us")
-        .await
-        .unwrap();
+    let Group {
+        operator,
+        affiliate,
+        third_party,
+    } = suite.register_group().await.unwrap();
     let a = suite
         .create_tenant("Alpha Logistics", "PSC-2026-000501")
         .await

@@ -16,11 +16,11 @@ use portal_proto::identity::v1::user::Role;
 use portal_proto::identity::v1::{DeleteUserRequest, GetTenantRequest};
 use portal_proto::transfer::v1::Decision;
 use portal_proto::transfer::v1::Purpose;
-use portal_proto::transfer::v1::group_entity::Kind as EntityKind;
 use portal_testkit::eventually;
 use portal_testkit::telemetry::{Collector, ReceivedSpan, sample, scrape};
 use portal_tests::suite::{
-    Service, Suite, SuiteOptions, callers, new_request_id, person, registration, transfer_request,
+    Service, Suite, SuiteOptions, callers, free_ports, new_request_id, person, registration,
+    transfer_request,
 };
 
 /// Spans leave a process within this, so the test does not wait the default 5 s per batch.
@@ -108,14 +108,7 @@ async fn a_registration_a_transfer_and_a_deletion_are_each_one_trace_across_the_
         .await
         .unwrap();
     let admin = suite.first_admin(&tenant, 1).await.unwrap();
-    let tokyo = suite
-        .create_entity(EntityKind::Operator, "Example Tokyo KK", "JP", "jp")
-        .await
-        .unwrap();
-    let london = suite
-        .create_entity(EntityKind::Affiliate, "Example London Ltd", "GB", "uk")
-        .await
-        .unwrap();
+    let group = suite.register_group().await.unwrap();
 
     // 1. The admin registers a colleague: identity, consent (the attested consent), and
     //    approval and transfer applying identity's REGISTERED event later.
@@ -139,7 +132,12 @@ async fn a_registration_a_transfer_and_a_deletion_are_each_one_trace_across_the_
     assert_one_tree(&spans, &caller);
 
     // 2. A transfer of the colleague's PI to the affiliate abroad: transfer and consent.
-    let request = transfer_request(&subject, &tokyo, &london, Purpose::PortalService);
+    let request = transfer_request(
+        &subject,
+        &group.operator,
+        &group.affiliate,
+        Purpose::PortalService,
+    );
     let (request, trace, caller) = traced(callers::portal_backend(request));
     let record = suite
         .transfer()
@@ -203,18 +201,18 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
     let mut options = SuiteOptions::default()
         .env("PORTAL_TELEMETRY__OTLP_ENDPOINT", collector.endpoint())
         .env("PORTAL_TELEMETRY__METRICS_EXPORT_INTERVAL_MS", "500");
-    let mut scrape_at = Vec::new();
-    for service in Service::ALL {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+    let ports = free_ports(Service::ALL.len()).unwrap();
+    let scrape_at: Vec<(Service, std::net::SocketAddr)> = Service::ALL
+        .into_iter()
+        .zip(ports)
+        .map(|(service, port)| (service, ([127, 0, 0, 1], port).into()))
+        .collect();
+    for (service, addr) in &scrape_at {
         options = options.service_env(
-            service,
+            *service,
             "PORTAL_TELEMETRY__METRICS_LISTEN",
-            port.to_string(),
+            addr.to_string(),
         );
-        scrape_at.push((service, port));
     }
     let suite = Suite::start_with(options).await.unwrap();
     let scrape_of = |service: Service| {
@@ -237,15 +235,13 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::NotFound);
-    let tokyo = suite
-        .create_entity(EntityKind::Operator, "Example Tokyo KK", "JP", "jp")
-        .await
-        .unwrap();
-    let london = suite
-        .create_entity(EntityKind::Affiliate, "Example London Ltd", "GB", "uk")
-        .await
-        .unwrap();
-    let request = transfer_request(&admin.user.name, &tokyo, &london, Purpose::PortalService);
+    let group = suite.register_group().await.unwrap();
+    let request = transfer_request(
+        &admin.user.name,
+        &group.operator,
+        &group.affiliate,
+        Purpose::PortalService,
+    );
     suite.authorize(request).await.unwrap();
     suite.checkpoint(1).await.unwrap();
 
