@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, State, effective_state, request_name};
 use crate::store::{self, NewRequest, RequestRow, Side};
-use crate::view::{self, EVENT_TYPE_PREFIX, event_for};
+use crate::view::{self, EVENT_TYPE_PREFIX, USER_DELETED_MARKER, event_for};
 use crate::{SERVICE, workers};
 use portal_clients::identity::Identity;
 
@@ -742,6 +742,12 @@ fn approval_event(
     viewer: &Viewer,
     only: Option<Uuid>,
 ) -> Result<Option<ApprovalRequestEvent>, ApiError> {
+    if stored.event_type == USER_DELETED_MARKER {
+        return match viewer {
+            Viewer::User(party) if party.name == stored.subject => Err(user_deleted()),
+            _ => Ok(None),
+        };
+    }
     if !stored.event_type.starts_with(EVENT_TYPE_PREFIX) {
         return Ok(None);
     }

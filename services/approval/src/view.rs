@@ -21,6 +21,21 @@ use crate::store::{ConnectionRow, RequestRow, TransitionRow};
 /// `event_type` of approval's events; the suffix is the `ApprovalRequestEvent.Type` name.
 pub const EVENT_TYPE_PREFIX: &str = "portal.approval.v1.ApprovalRequestEvent.";
 
+/// `event_type` of the feed's marker that a user was deleted (subject: the user). Never sent
+/// to watchers: it ends the deleted user's own open streams at that point of the feed.
+pub const USER_DELETED_MARKER: &str = "portal.approval.internal.UserDeleted";
+
+/// Marks `user`'s deletion in the feed, after the withdrawals it caused.
+pub async fn emit_user_deleted(conn: &mut PgConnection, user: &str) -> Result<(), sqlx::Error> {
+    let marker = NewEvent {
+        event_type: USER_DELETED_MARKER,
+        subject: user,
+        payload: &[],
+    };
+    events::append(conn, SERVICE.schema.name, marker).await?;
+    Ok(())
+}
+
 /// The request as it stands at `now`.
 pub fn request(row: &RequestRow, now: DateTime<Utc>) -> ApprovalRequest {
     let stored = row.stored_state();

@@ -91,8 +91,9 @@ async fn consume_user_events(pool: PgPool, identity: Identity, draining: watch::
         .await;
 }
 
-/// A deleted user (Art. 5.3): their PENDING requests are withdrawn by the suite, and their
-/// tokens refused here from now on. Other user events change nothing here.
+/// A deleted user (Art. 5.3): their PENDING requests are withdrawn by the suite, their tokens
+/// refused here from now on, and their open watch streams ended. Other user events change
+/// nothing here.
 async fn apply_user_event(conn: &mut PgConnection, event: &UserEvent) -> Result<(), ApiError> {
     if event.r#type() != UserEventType::Deleted {
         return Ok(());
@@ -122,6 +123,8 @@ async fn apply_user_event(conn: &mut PgConnection, event: &UserEvent) -> Result<
         .await?;
         view::emit(conn, event_for(State::Withdrawn), &row, None).await?;
     }
+    // Ends the user's own open watch streams once they have seen those withdrawals.
+    view::emit_user_deleted(conn, &event.user).await?;
     tracing::info!(user = %event.user, "deleted user's pending approval requests withdrawn");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Art. 5.3 through identity's events: a user who deletes their registration in identity has
-//! their PENDING requests withdrawn by the suite and their tokens refused here, even when
-//! identity was unreachable for a while, and exactly once across restarts.
+//! their PENDING requests withdrawn by the suite, their tokens refused here and their open watch
+//! streams ended, even when identity was unreachable for a while, and exactly once across
+//! restarts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -352,6 +353,40 @@ async fn a_deleted_users_pending_requests_are_withdrawn_and_their_token_refused(
             .unwrap();
         assert!(is(&event, expected, &pending), "{event:?}");
     }
+}
+
+#[tokio::test]
+async fn a_deleted_users_open_watch_stream_ends_right_after_their_withdrawals() {
+    let mut suite = suite().await;
+    publish_terms(&suite).await;
+    let a = tenant(&mut suite, "Alpha Corporation", "PSC-A-1").await;
+    let b = tenant(&mut suite, "Beta Corporation", "PSC-B-1").await;
+    let alice = first_admin(&mut suite, &a, 1).await;
+    let pending = send_as(&mut suite, &alice, &b).await;
+    let mut alices_view = suite
+        .approval
+        .watch_approval_requests(alice.request(WatchApprovalRequestsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+
+    delete_in_identity(&mut suite, &alice).await;
+
+    // She sees her request created and withdrawn for her deletion, then the stream ends:
+    // her token no longer reads her tenant's feed.
+    let mut seen = Vec::new();
+    let ended = loop {
+        match tokio::time::timeout(APPLIED, alices_view.message()).await {
+            Ok(Ok(Some(event))) => seen.push(event),
+            Ok(Ok(None)) => panic!("the stream ended without saying why"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("the stream stayed open after the deletion: {seen:?}"),
+        }
+    };
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(is(&seen[0], EventType::Created, &pending));
+    assert!(is(&seen[1], EventType::Withdrawn, &pending));
+    assert_error::<()>(Err(ended), Code::Unauthenticated, "TOKEN_INVALID");
 }
 
 #[tokio::test]
