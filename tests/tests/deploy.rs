@@ -4,6 +4,7 @@
 //! database and secrets, and nobody else's; every service runs at least two replicas behind
 //! native gRPC health probes, with a disruption budget, a migration job run as its owner role
 //! and a locked-down pod; and the NetworkPolicies allow exactly the calls the services make.
+//! The keys files `docs/operations.md` shows load, and their tokens verify.
 //! `deploy/check` validates the same renderings against the Kubernetes schemas.
 
 #![allow(
@@ -18,7 +19,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use portal_platform::ServiceDef;
-use portal_platform::config::Settings;
+use portal_platform::auth::Kind;
+use portal_platform::auth::keys::{
+    Authenticator, TokenSigner, audience, generate_key, parse_private_key,
+};
+use portal_platform::config::{Settings, random_secret_key};
 use portal_platform::names::{is_country, is_region};
 use portal_tests::ALL_SERVICES;
 use serde_yaml_ng::{Mapping, Value};
@@ -79,7 +84,8 @@ const REGIONS: [Region; 4] = [
 ///   ListTransferRecords for ExportUserData).
 /// - approval → identity: `services/approval/src/api.rs` builds `Identity` (GetTenant for
 ///   each request's tenant profiles) and `workers.rs` consumes WatchUserEvents (deletions).
-/// - transfer → identity: `services/transfer/src/workers.rs` consumes WatchUserEvents.
+/// - transfer → identity: `services/transfer/src/api.rs` builds `Identity` and hands it to
+///   `workers.rs`, which consumes WatchUserEvents (deletions).
 /// - transfer → consent: `services/transfer/src/api.rs` builds `Consent` (CheckConsent).
 ///
 /// Consent builds no client: it calls no one, and no service calls approval.
@@ -1261,4 +1267,108 @@ fn the_images_build_every_service_package_and_run_it_as_a_non_root_user() {
         ignored.lines().any(|line| line.trim() == "target/"),
         ".dockerignore keeps target/ out of the build context"
     );
+}
+
+// ---- the operator's documentation ----------------------------------------------------------
+
+/// The ```toml blocks of `docs/operations.md` that start `# keys.toml for <service>`.
+fn documented_keys_files() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(repo_root().join("docs/operations.md")).unwrap();
+    let mut files = BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line != "```toml" {
+            continue;
+        }
+        let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+        if let Some(service) = block
+            .first()
+            .and_then(|first| first.strip_prefix("# keys.toml for "))
+        {
+            files.insert(service.to_owned(), block.join("\n") + "\n");
+        }
+    }
+    files
+}
+
+/// Fills a documented file's `<...>` placeholders: `<name private key>` and `<name public
+/// key>` with one generated Ed25519 key per name, anything else with a random 32-byte key.
+fn fill_placeholders(template: &str, keys: &mut BTreeMap<String, (String, String)>) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('<') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('>').expect("a closed placeholder") + start;
+        let placeholder = &rest[start + 1..end];
+        let value = if let Some(name) = placeholder.strip_suffix(" private key") {
+            let pair = keys.entry(name.to_owned()).or_insert_with(generate_key);
+            pair.0.clone()
+        } else if let Some(name) = placeholder.strip_suffix(" public key") {
+            let pair = keys.entry(name.to_owned()).or_insert_with(generate_key);
+            pair.1.clone()
+        } else {
+            random_secret_key()
+        };
+        out.push_str(&value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn the_keys_files_operations_md_shows_are_accepted_and_their_tokens_verify() {
+    let files = documented_keys_files();
+    assert_eq!(
+        files.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["consent", "identity"],
+        "docs/operations.md shows consent's and identity's keys.toml"
+    );
+    let mut keys = BTreeMap::new();
+    for (service, template) in &files {
+        let path = std::env::temp_dir().join(format!(
+            "portal-deploy-{}-{service}-keys.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, fill_placeholders(template, &mut keys)).unwrap();
+        let env = HashMap::from([("PORTAL_DEPLOYMENT__REGION".to_owned(), "jp".to_owned())]);
+        let loaded = Settings::load_from(Some(&path), env);
+        std::fs::remove_file(&path).unwrap();
+        let settings = loaded.unwrap_or_else(|e| panic!("{service}'s keys.toml: {e}"));
+
+        // The service's own SERVICE token verifies with the trusted keys it is given.
+        let authenticator = Authenticator::from_settings(&settings).unwrap();
+        let signer = TokenSigner::from_settings(&settings).unwrap().unwrap();
+        let subject = format!("services/{service}");
+        let (token, _) = signer.mint(Kind::Service, &subject, None, &[], 300);
+        let caller = authenticator
+            .authenticate(Some(&format!("Bearer {token}")))
+            .unwrap_or_else(|e| panic!("{service}'s own token: {e:?}"));
+        assert_eq!(caller.subject, subject);
+
+        if *service == "identity" {
+            assert!(!settings.identity.lacks_keys(), "identity's PI keys");
+            assert!(settings.identity.current_key_encryption_key.is_some());
+        } else {
+            // An OPERATOR token as `portal-suite mint-token` signs it: the operators' key under
+            // key id portal-suite-dev, for this region.
+            let operators = parse_private_key(&keys["operators"].0).unwrap();
+            let mint_token = TokenSigner::new("portal-suite-dev", operators, audience(&settings));
+            let (token, _) = mint_token.mint(Kind::Operator, "operators/alice", None, &[], 900);
+            let caller = authenticator
+                .authenticate(Some(&format!("Bearer {token}")))
+                .unwrap_or_else(|e| panic!("an operator's token at {service}: {e:?}"));
+            assert_eq!(caller.kind, Kind::Operator);
+            // Another service's key cannot speak for this one.
+            let approval = parse_private_key(&keys["approval"].0).unwrap();
+            let (token, _) = TokenSigner::new("approval-jp-2026-11", approval, audience(&settings))
+                .mint(Kind::Service, &subject, None, &[], 300);
+            assert!(
+                authenticator
+                    .authenticate(Some(&format!("Bearer {token}")))
+                    .is_err(),
+                "approval's key signs only for services/approval"
+            );
+        }
+    }
 }
