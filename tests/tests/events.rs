@@ -578,3 +578,78 @@ async fn a_draining_server_ends_watch_streams_at_once_so_watchers_resume_elsewhe
         .unwrap()
         .unwrap();
 }
+
+/// Makes events `ids` look `days` old (as the superuser: nothing else can change them).
+async fn make_old(admin: &PgPool, ids: &[i64], days: i32) {
+    sqlx::query(
+        "UPDATE identity.outbox SET event_time = now() - make_interval(days => $2) \
+         WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .bind(days)
+    .execute(admin)
+    .await
+    .unwrap();
+}
+
+/// The status a watch from `after` fails with, at the call or as its first message.
+async fn watch_failure(channel: Channel, after: &str) -> tonic::Status {
+    match watch(channel, after).await {
+        Err(status) => status,
+        Ok(mut stream) => tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("an answer within the deadline")
+            .expect_err("the watch fails"),
+    }
+}
+
+#[tokio::test]
+async fn events_past_retention_are_forgotten_oldest_first_and_older_cursors_expire() {
+    let suite = suite().await;
+    let ids = append_committed(&suite.identity_app, 0..5).await;
+    let mut stream = watch(suite.identity.channel().await.unwrap(), "")
+        .await
+        .unwrap();
+    let after_first = next(&mut stream).await.cursor;
+    let after_second = next(&mut stream).await.cursor;
+    drop(stream);
+
+    // The first, second and fourth are past the 30 days; the third is not, so only the first
+    // two go: what is forgotten is always the oldest part of the feed, with no holes.
+    let admin = suite.db.admin_pool().await.unwrap();
+    make_old(&admin, &[ids[0], ids[1], ids[3]], 31).await;
+    let mut conn = suite.identity_app.acquire().await.unwrap();
+    let forgotten = events::forget_old_events(&mut conn, "identity", 30, 1000).await;
+    assert_eq!(forgotten.unwrap(), 2);
+    let kept: Vec<i64> = sqlx::query_scalar("SELECT id FROM identity.outbox ORDER BY id")
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    assert_eq!(kept, ids[2..]);
+
+    // The app role asks the owner's function to forget; it cannot shorten the retention below
+    // the contracts' 30 days, nor delete an event itself.
+    assert!(
+        events::forget_old_events(&mut conn, "identity", 1, 1000)
+            .await
+            .is_err()
+    );
+    let deleted = sqlx::query("DELETE FROM identity.outbox")
+        .execute(&mut *conn)
+        .await;
+    assert!(deleted.is_err(), "the app role deleted events");
+
+    // A new watcher starts at the oldest kept event; one at the newest forgotten event goes on;
+    // one before it has lost events and is told so.
+    let channel = suite.identity.channel().await.unwrap();
+    let mut from_start = watch(channel.clone(), "").await.unwrap();
+    let mut resumed = watch(channel.clone(), &after_second).await.unwrap();
+    for id in &ids[2..] {
+        assert_eq!(next(&mut from_start).await.sequence, *id);
+        assert_eq!(next(&mut resumed).await.sequence, *id);
+    }
+    let expired = watch_failure(channel, &after_first).await;
+    assert_eq!(expired.code(), Code::OutOfRange, "{expired:?}");
+    let info = expired.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "CURSOR_EXPIRED");
+}

@@ -40,10 +40,20 @@ pub struct Settings {
     /// TLS and mutual TLS (`docs/tls.md`); absent: plaintext.
     #[serde(default)]
     pub tls: crate::tls::TlsSettings,
+    pub events: EventSettings,
     pub identity: IdentitySettings,
     pub consent: ServiceSettings,
     pub approval: ApprovalSettings,
     pub transfer: TransferSettings,
+}
+
+/// The event feeds every service keeps (`docs/events.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// Events older than this are forgotten; a cursor before them is `CURSOR_EXPIRED`. The
+    /// contracts promise at least 30 days.
+    pub retention_days: u32,
 }
 
 /// Article 1: the group entity that operates this deployment and the region it serves.
@@ -454,6 +464,12 @@ impl Settings {
                 ));
             }
         }
+        in_range(
+            "events.retention_days",
+            self.events.retention_days.into(),
+            30,
+            3650,
+        )?;
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter).is_err() {
             return Err(ConfigError::invalid(
                 "telemetry.log_filter",

@@ -61,7 +61,81 @@ pub(crate) const TABLES: &[PlatformTable] = &[
               );
               GRANT SELECT, INSERT, UPDATE ON {schema}.event_cursors TO {app};",
     },
+    PlatformTable {
+        version: 1002,
+        description: "event retention",
+        // The feed's horizon: the position of the newest forgotten event (a cursor before it
+        // is expired). Forgetting runs as the owner (SECURITY DEFINER), so the app role still
+        // cannot delete or rewrite a single event; it may only ask for the oldest prefix of the
+        // feed order to be dropped, and only rows older than the interval it gives.
+        sql: "CREATE TABLE {schema}.outbox_horizon (
+                  only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+                  tx       xid8    NOT NULL,
+                  id       bigint  NOT NULL
+              );
+              GRANT SELECT ON {schema}.outbox_horizon TO {app};
+              CREATE FUNCTION {schema}.forget_events(older_than interval, batch integer)
+                  RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+                  SET search_path = pg_catalog, pg_temp AS $$
+              DECLARE
+                  forgotten bigint;
+                  last_tx xid8;
+                  last_id bigint;
+              BEGIN
+                  IF older_than < interval '30 days' THEN
+                      RAISE EXCEPTION 'events are kept for at least 30 days';
+                  END IF;
+                  WITH ordered AS (
+                      SELECT tx, id, event_time FROM {schema}.outbox
+                       WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
+                       ORDER BY tx, id LIMIT batch
+                  ), first_kept AS (
+                      SELECT tx, id FROM ordered WHERE event_time >= now() - older_than
+                       ORDER BY tx, id LIMIT 1
+                  ), gone AS (
+                      DELETE FROM {schema}.outbox o USING ordered d
+                       WHERE o.id = d.id
+                         AND NOT EXISTS (SELECT FROM first_kept k WHERE (d.tx, d.id) >= (k.tx, k.id))
+                      RETURNING o.tx, o.id
+                  ), newest AS (
+                      SELECT tx, id FROM gone ORDER BY tx DESC, id DESC LIMIT 1
+                  )
+                  SELECT (SELECT count(*) FROM gone), newest.tx, newest.id
+                    INTO forgotten, last_tx, last_id
+                    FROM (SELECT 1) one LEFT JOIN newest ON true;
+                  IF forgotten > 0 THEN
+                      INSERT INTO {schema}.outbox_horizon (tx, id) VALUES (last_tx, last_id)
+                      ON CONFLICT (only_row) DO UPDATE SET tx = EXCLUDED.tx, id = EXCLUDED.id;
+                  END IF;
+                  RETURN forgotten;
+              END $$;
+              REVOKE ALL ON FUNCTION {schema}.forget_events(interval, integer) FROM PUBLIC;
+              GRANT EXECUTE ON FUNCTION {schema}.forget_events(interval, integer) TO {app};",
+    },
 ];
+
+/// Forgets up to `batch` of the oldest events of `schema`'s feed that are older than
+/// `retention_days`, stopping at the first younger one (so what is forgotten is always a
+/// prefix of the feed order); returns how many. Cursors before them are then expired.
+pub async fn forget_old_events(
+    conn: &mut PgConnection,
+    schema: &str,
+    retention_days: u32,
+    batch: i32,
+) -> Result<i64, sqlx::Error> {
+    let forget = format!(
+        "SELECT {}(make_interval(days => $1), $2)",
+        table(schema, "forget_events")?
+    );
+    sqlx::query_scalar(AssertSqlSafe(forget))
+        .bind(i32::try_from(retention_days).unwrap_or(i32::MAX))
+        .bind(batch)
+        .fetch_one(conn)
+        .await
+}
+
+/// Reason of a cursor older than the feed's retention: the receiver must resynchronise.
+pub const CURSOR_EXPIRED: &str = "CURSOR_EXPIRED";
 
 /// Rows fetched per feed query; a full batch is followed at once by the next.
 const BATCH: i64 = 256;
@@ -118,6 +192,14 @@ impl Cursor {
             return Err(Self::foreign());
         }
         Ok(Some(cursor))
+    }
+
+    fn expired() -> ApiError {
+        ApiError::new(
+            tonic::Code::OutOfRange,
+            CURSOR_EXPIRED,
+            "the cursor is older than the feed's retention; resynchronise",
+        )
     }
 
     fn foreign() -> ApiError {
@@ -264,6 +346,7 @@ pub fn feed(
              ORDER BY tx, id \
              LIMIT $3"
         );
+        let horizon = format!("SELECT tx::text, id FROM {schema}.outbox_horizon");
         let (mut tx, mut id) = after.map_or((0, 0), |cursor| cursor.position());
         loop {
             let rows: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(AssertSqlSafe(select.clone()))
@@ -279,6 +362,22 @@ pub fn feed(
                     return;
                 }
             };
+            // Read after the rows: if the horizon is still at or before the position, nothing
+            // after the position was forgotten before the rows were read. A stream from the
+            // start has no position to lose until it delivers its first event.
+            if (tx, id) != (0, 0) {
+                match forgotten_up_to(&pool, &horizon).await {
+                    Ok(Some(newest)) if (tx, id) < newest => {
+                        yield Err(Cursor::expired());
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        yield Err(e);
+                        return;
+                    }
+                }
+            }
             let caught_up = i64::try_from(rows.len()).unwrap_or(i64::MAX) < BATCH;
             for row in rows {
                 let event = match row.into_event(schema) {
@@ -351,6 +450,19 @@ where
             }
         }
     }))
+}
+
+/// The position of the newest forgotten event, if any was.
+async fn forgotten_up_to(pool: &PgPool, select: &str) -> Result<Option<(u64, i64)>, ApiError> {
+    let row: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(select.to_owned()))
+        .fetch_optional(pool)
+        .await?;
+    row.map(|(tx, id)| {
+        tx.parse::<u64>()
+            .map(|tx| (tx, id))
+            .map_err(|_| ApiError::internal("the feed's horizon has a bad transaction id"))
+    })
+    .transpose()
 }
 
 /// Reason a watch stream ends with when its server drains.

@@ -149,7 +149,7 @@ pub async fn serve(
         draining,
         ready: Arc::clone(&ready),
     };
-    tokio::spawn(forget_expired_answers(def, context.clone()));
+    tokio::spawn(forget_expired(def, context.clone()));
     let routes = (def.routes)(context)?
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -233,11 +233,12 @@ fn reflection(def: &ServiceDef) -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// Once the service is ready, and until it drains: one replica at a time forgets stored
-/// idempotency answers past their retention, every `RETENTION_SWEEP`.
-async fn forget_expired_answers(def: &'static ServiceDef, context: ServiceContext) {
+/// Once the service is ready, and until it drains: one replica at a time forgets what has
+/// outlived its retention, every `RETENTION_SWEEP`: stored idempotency answers, and the oldest
+/// events of the service's feed (`events.retention_days`).
+async fn forget_expired(def: &'static ServiceDef, context: ServiceContext) {
     const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
-    const BATCH: i64 = 10_000;
+    const BATCH: i32 = 10_000;
     if !context.until_ready().await {
         return;
     }
@@ -246,13 +247,20 @@ async fn forget_expired_answers(def: &'static ServiceDef, context: ServiceContex
     };
     let name = format!("{}.retention", def.schema.name);
     let writer = crate::single_writer::SingleWriter::new(&name, RETENTION_SWEEP);
+    let retention_days = context.settings.events.retention_days;
     writer
         .run(&context.pool, drained(context.draining.clone()), |conn| {
             let draining = context.draining.clone();
             Box::pin(async move {
                 loop {
-                    while crate::idempotency::forget_expired(conn, def.schema.name, BATCH).await?
+                    let schema = def.schema.name;
+                    // In batches, so no one statement holds locks for long.
+                    while crate::idempotency::forget_expired(conn, schema, BATCH.into()).await?
                         == u64::try_from(BATCH).unwrap_or(u64::MAX)
+                    {}
+                    while crate::events::forget_old_events(conn, schema, retention_days, BATCH)
+                        .await?
+                        == i64::from(BATCH)
                     {}
                     tokio::select! {
                         () = tokio::time::sleep(RETENTION_SWEEP) => {}
