@@ -15,7 +15,7 @@ use portal_platform::auth::keys::{
 };
 use portal_platform::config::{Settings, random_secret_key};
 
-const KEY_ID: &str = "portal-suite-dev";
+pub const KEY_ID: &str = "portal-suite-dev";
 const KEY_FILE: &str = "dev-signing-key";
 const OPERATOR_TOKEN_FILE: &str = "operator.token";
 const PI_KEK_FILE: &str = "dev-pi-kek";
@@ -52,7 +52,7 @@ pub fn install_pi_keys(settings: &mut Settings, data_dir: &Path) -> anyhow::Resu
 /// Writes a fresh OPERATOR token next to the key and returns the file's path.
 pub fn write_operator_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<PathBuf> {
     let private_key = load_or_create(data_dir, KEY_FILE, || generate_key().0)?;
-    let (token, _) = signer(settings, &private_key)?.mint(
+    let (token, _) = signer(settings, KEY_ID, &private_key)?.mint(
         Kind::Operator,
         "operators/portal-suite",
         None,
@@ -64,16 +64,20 @@ pub fn write_operator_token(settings: &Settings, data_dir: &Path) -> anyhow::Res
     Ok(path)
 }
 
-/// Mints a token from the development key (for `portal-suite mint-token`).
-pub fn mint(
-    settings: &Settings,
-    data_dir: &Path,
-    kind: Kind,
-    subject: &str,
-    tenant: Option<&str>,
-    roles: &[String],
-    ttl_secs: i64,
-) -> anyhow::Result<String> {
+/// What `portal-suite mint-token` asks for.
+#[derive(Debug)]
+pub struct Mint<'a> {
+    /// The key id the token names.
+    pub key_id: &'a str,
+    pub kind: Kind,
+    pub subject: &'a str,
+    pub tenant: Option<&'a str>,
+    pub roles: &'a [String],
+    pub ttl_secs: i64,
+}
+
+/// Mints a token from the key in `data_dir` (for `portal-suite mint-token`).
+pub fn mint(settings: &Settings, data_dir: &Path, token: &Mint<'_>) -> anyhow::Result<String> {
     let path = data_dir.join(KEY_FILE);
     let private_key = fs::read_to_string(&path).with_context(|| {
         format!(
@@ -81,14 +85,21 @@ pub fn mint(
             path.display()
         )
     })?;
-    Ok(signer(settings, private_key.trim())?
-        .mint(kind, subject, tenant, roles, ttl_secs)
+    let signer = signer(settings, token.key_id, private_key.trim())?;
+    Ok(signer
+        .mint(
+            token.kind,
+            token.subject,
+            token.tenant,
+            token.roles,
+            token.ttl_secs,
+        )
         .0)
 }
 
-fn signer(settings: &Settings, private_key: &str) -> anyhow::Result<TokenSigner> {
+fn signer(settings: &Settings, key_id: &str, private_key: &str) -> anyhow::Result<TokenSigner> {
     let key = parse_private_key(private_key).context("the development key file is damaged")?;
-    Ok(TokenSigner::new(KEY_ID, key, audience(settings)))
+    Ok(TokenSigner::new(key_id, key, audience(settings)))
 }
 
 /// The secret in `data_dir/name`, made with `make` (and kept) the first time.

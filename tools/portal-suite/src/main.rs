@@ -74,6 +74,10 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 900)]
         ttl_secs: i64,
+        /// The key id the token names, as the services' `auth.trusted_keys` list the key (a
+        /// new id per key lets a successor be trusted before the old key is retired).
+        #[arg(long, default_value = dev_keys::KEY_ID)]
+        key_id: String,
     },
 }
 
@@ -100,14 +104,18 @@ fn main() -> ExitCode {
             tenant,
             roles,
             ttl_secs,
+            key_id,
         }) => dev_keys::mint(
             &settings,
             &args.data_dir,
-            kind,
-            &subject,
-            tenant.as_deref(),
-            &roles,
-            ttl_secs,
+            &dev_keys::Mint {
+                key_id: &key_id,
+                kind,
+                subject: &subject,
+                tenant: tenant.as_deref(),
+                roles: &roles,
+                ttl_secs,
+            },
         )
         .map(|token| println!("{token}")),
         Some(Command::Run) | None => runtime.block_on(run(args.data_dir, settings)),

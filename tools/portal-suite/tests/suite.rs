@@ -318,6 +318,18 @@ async fn the_suite_serves_all_four_services_and_stops_cleanly_on_sigterm() {
         "{accepted:?}"
     );
 
+    // `--key-id` names the key in the token: one the suite does not trust is refused.
+    let other_key = Command::new(env!("CARGO_BIN_EXE_portal-suite"))
+        .args(["--data-dir", &dir.path().to_string_lossy(), "mint-token"])
+        .args(["--kind", "OPERATOR", "--subject", "operators/me"])
+        .args(["--key-id", "operators-2027"])
+        .output()
+        .unwrap();
+    assert!(other_key.status.success(), "{other_key:?}");
+    let other_key = String::from_utf8(other_key.stdout).unwrap();
+    let refused = get_tenant(identity, Some(&other_key)).await;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
     services_reach_each_other(&listening, &operator, dir.path()).await;
 
     terminate(&child);
