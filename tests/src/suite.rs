@@ -156,11 +156,12 @@ impl SuiteOptions {
     }
 }
 
-/// One service's process: its port, kept across restarts, and its log.
+/// One service's process: its ports, kept across restarts, and its log.
 #[derive(Debug)]
 struct Process {
     service: Service,
     port: u16,
+    metrics_port: u16,
     log: PathBuf,
     child: Option<Child>,
     starts: u32,
@@ -214,12 +215,16 @@ impl Suite {
         // Every endpoint must be known before the first process starts, since each is told
         // where the others are. A port found free may be taken again before the process binds
         // it; start-up then fails naming the address.
-        let ports = free_ports(Service::ALL.len())?;
+        // Two ports per process, taken in one go so none is handed out twice: gRPC, and the
+        // Prometheus scrape every process serves as in production.
+        let ports = free_ports(2 * Service::ALL.len())?;
         let mut processes = Vec::with_capacity(Service::ALL.len());
-        for (service, port) in Service::ALL.into_iter().zip(ports) {
+        for (service, ports) in Service::ALL.into_iter().zip(ports.chunks(2)) {
+            let (port, metrics_port) = (ports[0], ports[1]);
             processes.push(Process {
                 service,
                 port,
+                metrics_port,
                 log: dir.path().join(format!("{service}.log")),
                 child: None,
                 starts: 0,
@@ -252,6 +257,11 @@ impl Suite {
     /// The suite's database.
     pub fn db(&self) -> &TestDb {
         &self.db
+    }
+
+    /// Where `service`'s process serves its Prometheus scrape (`GET /metrics`).
+    pub fn metrics_addr(&self, service: Service) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.process(service).metrics_port).into()
     }
 
     /// The port `service` listens on (the same across restarts).
@@ -393,6 +403,10 @@ impl Suite {
             portal_testkit::keys::TEST_REGION.to_owned(),
         );
         set("PORTAL_TELEMETRY__LOG_FILTER", "info".to_owned());
+        set(
+            "PORTAL_TELEMETRY__METRICS_LISTEN",
+            self.metrics_addr(service).to_string(),
+        );
         let path = |file: &Option<PathBuf>| {
             file.as_deref()
                 .map(|p| p.to_string_lossy().into_owned())

@@ -12,6 +12,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
+use portal_platform::single_writer::SingleWriter;
 use portal_proto::identity::v1::user::Role;
 use portal_proto::identity::v1::{DeleteUserRequest, GetTenantRequest};
 use portal_proto::transfer::v1::Decision;
@@ -19,8 +20,7 @@ use portal_proto::transfer::v1::Purpose;
 use portal_testkit::eventually;
 use portal_testkit::telemetry::{Collector, ReceivedSpan, sample, scrape};
 use portal_tests::suite::{
-    Service, Suite, SuiteOptions, callers, free_ports, new_request_id, person, registration,
-    transfer_request,
+    Service, Suite, SuiteOptions, callers, new_request_id, person, registration, transfer_request,
 };
 
 /// Spans leave a process within this, so the test does not wait the default 5 s per batch.
@@ -85,6 +85,11 @@ fn assert_one_tree(spans: &[ReceivedSpan], caller_span: &str) {
             span.service
         );
     }
+}
+
+/// `service`'s metrics, as Prometheus scrapes them.
+async fn metrics_of(suite: &Suite, service: Service) -> String {
+    scrape(suite.metrics_addr(service)).await.unwrap()
 }
 
 fn services(spans: &[ReceivedSpan]) -> BTreeSet<&str> {
@@ -198,28 +203,10 @@ async fn a_registration_a_transfer_and_a_deletion_are_each_one_trace_across_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_otlp() {
     let collector = Collector::start().await.unwrap();
-    let mut options = SuiteOptions::default()
+    let options = SuiteOptions::default()
         .env("PORTAL_TELEMETRY__OTLP_ENDPOINT", collector.endpoint())
         .env("PORTAL_TELEMETRY__METRICS_EXPORT_INTERVAL_MS", "500");
-    let ports = free_ports(Service::ALL.len()).unwrap();
-    let scrape_at: Vec<(Service, std::net::SocketAddr)> = Service::ALL
-        .into_iter()
-        .zip(ports)
-        .map(|(service, port)| (service, ([127, 0, 0, 1], port).into()))
-        .collect();
-    for (service, addr) in &scrape_at {
-        options = options.service_env(
-            *service,
-            "PORTAL_TELEMETRY__METRICS_LISTEN",
-            addr.to_string(),
-        );
-    }
-    let suite = Suite::start_with(options).await.unwrap();
-    let scrape_of = |service: Service| {
-        let addr = scrape_at.iter().find(|(s, _)| *s == service).unwrap().1;
-        async move { scrape(addr).await.unwrap() }
-    };
-
+    let mut suite = Suite::start_with(options).await.unwrap();
     suite.publish_terms(1).await.unwrap();
     let tenant = suite
         .create_tenant("Example Corporation", "PSC-2026-000043")
@@ -245,8 +232,49 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
     suite.authorize(request).await.unwrap();
     suite.checkpoint(1).await.unwrap();
 
+    // A call the server's deadline ends, and a call to a path no service has, made up by the
+    // caller (the label must not carry what the caller wrote).
+    let mut slow = callers::operator(GetTenantRequest {
+        name: tenant.name.clone(),
+    });
+    slow.set_timeout(Duration::from_nanos(1));
+    assert!(suite.identity().get_tenant(slow).await.is_err());
+    let mut grpc = tonic::client::Grpc::new(suite.channel(Service::Identity));
+    grpc.ready().await.unwrap();
+    let made_up = http::uri::PathAndQuery::from_static("/attacker/person1@example.com");
+    let refused = grpc
+        .unary::<(), (), _>(
+            tonic::Request::new(()),
+            made_up,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
     // Calls by method and status code, with their latency.
-    let identity = scrape_of(Service::Identity).await;
+    let identity = metrics_of(&suite, Service::Identity).await;
+    let get_tenant = "/portal.identity.v1.IdentityService/GetTenant";
+    assert_eq!(
+        sample(
+            &identity,
+            "portal_rpc_requests_total",
+            &[("method", get_tenant), ("code", "DEADLINE_EXCEEDED")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &identity,
+            "portal_rpc_requests_total",
+            &[("method", "unknown"), ("code", "UNAUTHENTICATED")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        !identity.contains("example.com"),
+        "a caller's path in a label"
+    );
     let register = [
         ("service", "identity"),
         ("method", "/portal.identity.v1.IdentityService/RegisterUser"),
@@ -291,7 +319,7 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
         .is_some()
     );
     // Consent answered the transfer's questions.
-    let consent = scrape_of(Service::Consent).await;
+    let consent = metrics_of(&suite, Service::Consent).await;
     let checks = [
         ("method", "/portal.consent.v1.ConsentService/CheckConsent"),
         ("code", "OK"),
@@ -305,7 +333,7 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
     ] {
         let feed = [("consumer", consumer), ("feed", "identity")];
         let exposition = eventually(Duration::from_secs(20), "the feed's lag", || async {
-            let exposition = scrape_of(service).await;
+            let exposition = metrics_of(&suite, service).await;
             sample(&exposition, "portal_event_feed_lag_seconds", &feed).map(|_| exposition)
         })
         .await
@@ -318,11 +346,60 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
         assert!((0.0..20.0).contains(&lag), "lag {lag}");
     }
 
-    // The checkpoint covering the transfer: nothing waits once it is signed.
-    eventually(Duration::from_secs(20), "checkpoint lag 0", || async {
-        let transfer = scrape_of(Service::Transfer).await;
-        (sample(&transfer, "portal_transfer_checkpoint_lag_records", &[]) == Some(0.0))
-            .then_some(())
+    // The checkpoint lag, measured by every transfer replica from the database: once the
+    // transfer is covered nothing waits; while no replica can sign (the test holds the
+    // checkpointer's lock), a new record waits and the newest checkpoint ages.
+    let lag = |exposition: &str| {
+        sample(exposition, "portal_transfer_checkpoint_lag_records", &[]).zip(sample(
+            exposition,
+            "portal_transfer_checkpoint_age_seconds",
+            &[],
+        ))
+    };
+    eventually(Duration::from_secs(20), "no checkpoint lag", || async {
+        (lag(&metrics_of(&suite, Service::Transfer).await) == Some((0.0, 0.0))).then_some(())
+    })
+    .await
+    .unwrap();
+    suite.kill(Service::Transfer).unwrap();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (held_tx, held) = tokio::sync::oneshot::channel();
+    let superuser = suite.db().admin_pool().await.unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held_tx = Some(held_tx);
+        let mut released = released;
+        let until_released = async move {
+            let _ = released.wait_for(|r| *r).await;
+        };
+        SingleWriter::new("transfer.checkpointer", Duration::from_millis(50))
+            .run(&superuser, until_released, |_conn| {
+                if let Some(held) = held_tx.take() {
+                    let _ = held.send(());
+                }
+                Box::pin(std::future::pending())
+            })
+            .await;
+    });
+    held.await.unwrap();
+    suite.restart(Service::Transfer).await.unwrap();
+    let request = transfer_request(
+        &admin.user.name,
+        &group.operator,
+        &group.affiliate,
+        Purpose::PortalService,
+    );
+    suite.authorize(request).await.unwrap();
+    eventually(Duration::from_secs(20), "a record waiting", || async {
+        lag(&metrics_of(&suite, Service::Transfer).await)
+            .filter(|(waiting, age)| *waiting == 1.0 && *age > 0.0)
+    })
+    .await
+    .unwrap();
+    release.send_replace(true);
+    holder.await.unwrap();
+    suite.checkpoint(2).await.unwrap();
+    eventually(Duration::from_secs(20), "the lag gone", || async {
+        (lag(&metrics_of(&suite, Service::Transfer).await) == Some((0.0, 0.0))).then_some(())
     })
     .await
     .unwrap();

@@ -628,12 +628,17 @@ async fn events_past_retention_are_forgotten_oldest_first_and_older_cursors_expi
     assert_eq!(kept, ids[2..]);
 
     // The app role asks the owner's function to forget; it cannot shorten the retention below
-    // the contracts' 30 days, nor delete an event itself.
+    // the contracts' 30 days (nor by giving none), nor delete an event itself.
     assert!(
         events::forget_old_events(&mut conn, "identity", 1, 1000)
             .await
             .is_err()
     );
+    let null_days: Option<i64> = sqlx::query_scalar("SELECT identity.forget_events(NULL, 1000)")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(null_days, None, "a NULL retention forgets nothing");
     let deleted = sqlx::query("DELETE FROM identity.outbox")
         .execute(&mut *conn)
         .await;

@@ -67,22 +67,24 @@ pub(crate) const TABLES: &[PlatformTable] = &[
         // The feed's horizon: the position of the newest forgotten event (a cursor before it
         // is expired). Forgetting runs as the owner (SECURITY DEFINER), so the app role still
         // cannot delete or rewrite a single event; it may only ask for the oldest prefix of the
-        // feed order to be dropped, and only rows older than the interval it gives.
+        // feed order to be dropped, and only rows older than the days it gives (at least 30;
+        // STRICT: a NULL asks for nothing).
         sql: "CREATE TABLE {schema}.outbox_horizon (
                   only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
                   tx       xid8    NOT NULL,
                   id       bigint  NOT NULL
               );
               GRANT SELECT ON {schema}.outbox_horizon TO {app};
-              CREATE FUNCTION {schema}.forget_events(older_than interval, batch integer)
-                  RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+              CREATE FUNCTION {schema}.forget_events(retention_days integer, batch integer)
+                  RETURNS bigint LANGUAGE plpgsql STRICT SECURITY DEFINER
                   SET search_path = pg_catalog, pg_temp AS $$
               DECLARE
+                  cutoff timestamptz := now() - make_interval(days => retention_days);
                   forgotten bigint;
                   last_tx xid8;
                   last_id bigint;
               BEGIN
-                  IF older_than < interval '30 days' THEN
+                  IF retention_days < 30 THEN
                       RAISE EXCEPTION 'events are kept for at least 30 days';
                   END IF;
                   WITH ordered AS (
@@ -90,7 +92,7 @@ pub(crate) const TABLES: &[PlatformTable] = &[
                        WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
                        ORDER BY tx, id LIMIT batch
                   ), first_kept AS (
-                      SELECT tx, id FROM ordered WHERE event_time >= now() - older_than
+                      SELECT tx, id FROM ordered WHERE event_time >= cutoff
                        ORDER BY tx, id LIMIT 1
                   ), gone AS (
                       DELETE FROM {schema}.outbox o USING ordered d
@@ -109,8 +111,8 @@ pub(crate) const TABLES: &[PlatformTable] = &[
                   END IF;
                   RETURN forgotten;
               END $$;
-              REVOKE ALL ON FUNCTION {schema}.forget_events(interval, integer) FROM PUBLIC;
-              GRANT EXECUTE ON FUNCTION {schema}.forget_events(interval, integer) TO {app};",
+              REVOKE ALL ON FUNCTION {schema}.forget_events(integer, integer) FROM PUBLIC;
+              GRANT EXECUTE ON FUNCTION {schema}.forget_events(integer, integer) TO {app};",
     },
 ];
 
@@ -124,7 +126,7 @@ pub async fn forget_old_events(
     batch: i32,
 ) -> Result<i64, sqlx::Error> {
     let forget = format!(
-        "SELECT {}(make_interval(days => $1), $2)",
+        "SELECT {}($1, $2)",
         table(schema, "forget_events")?
     );
     sqlx::query_scalar(AssertSqlSafe(forget))

@@ -6,7 +6,7 @@
 //! - `portal_rpc_requests_total{service,method,code}`: calls answered, by gRPC status code;
 //! - `portal_rpc_duration_seconds{service,method,code}`: their latency, as a histogram;
 //! - `portal_db_pool_connections{pool,state}` and `portal_db_pool_max_connections{pool}`;
-//! - `portal_event_feed_lag_seconds{consumer,feed}`: how long after it was committed the last
+//! - `portal_event_feed_lag_seconds{consumer,feed}`: how long after it was written the last
 //!   event was applied, and `portal_event_feed_connected{consumer,feed}` (1 while the feed is
 //!   open);
 //! - `portal_transfer_checkpoint_lag_records` and `portal_transfer_checkpoint_age_seconds`: how
@@ -14,6 +14,7 @@
 //!
 //! Labels never carry request contents: a method name, a status code, a service or pool name.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
@@ -93,7 +94,6 @@ pub fn init(resource: Resource, settings: &TelemetrySettings) -> anyhow::Result<
             .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
             .with_context(|| format!("telemetry.metrics_listen: cannot listen on {addr}"))?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        tracing::info!(%addr, "metrics scrape listening");
         scrape = Some(tokio::spawn(serve_scrape(listener, reader)));
     }
     let provider = builder.build();
@@ -336,7 +336,7 @@ fn instruments() -> &'static Instruments {
             feed_lag: meter
                 .f64_gauge("portal.event_feed.lag")
                 .with_unit("s")
-                .with_description("How long after its commit the last event was applied.")
+                .with_description("How long after it was written the last event was applied.")
                 .build(),
             feed_connected: meter
                 .u64_gauge("portal.event_feed.connected")
@@ -359,7 +359,8 @@ fn meter() -> Meter {
     opentelemetry::global::meter("portal")
 }
 
-/// Records one consumed event: how long after `committed` it was applied.
+/// Records one consumed event: how long after `committed` (its transaction's start) it was
+/// applied.
 pub fn event_applied(consumer: &str, feed: &str, committed: Option<SystemTime>) {
     let Some(committed) = committed else { return };
     let lag = SystemTime::now()
@@ -441,16 +442,51 @@ pub fn observe_pool(name: &'static str, pool: &PgPool) {
 }
 
 /// A tower layer counting and timing every call a server answers, by method and status.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RpcMetricsLayer {
     service: &'static str,
+    /// The paths the server serves: any other path is labelled `unknown`, so a caller cannot
+    /// put text of its choosing (or an unbounded number of series) into the metrics.
+    methods: Arc<HashSet<String>>,
+    /// The server's own limit on a call (`server.request_timeout_ms`).
+    timeout: Duration,
 }
 
 impl RpcMetricsLayer {
-    pub fn new(service: &'static str) -> Self {
-        Self { service }
+    /// For a server of `service` whose contract is `descriptor_set`, with health and reflection.
+    pub fn new(
+        service: &'static str,
+        descriptor_set: &[u8],
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut methods: HashSet<String> = REFLECTION_METHODS
+            .iter()
+            .map(|path| (*path).to_owned())
+            .collect();
+        for set in [descriptor_set, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+            let set = <prost_types::FileDescriptorSet as prost::Message>::decode(set)
+                .context("a service's descriptor set does not decode")?;
+            for file in &set.file {
+                let package = file.package();
+                for service in &file.service {
+                    for method in &service.method {
+                        methods.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            service,
+            methods: Arc::new(methods),
+            timeout,
+        })
     }
 }
+
+const REFLECTION_METHODS: [&str; 2] = [
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
@@ -458,7 +494,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RpcMetrics {
             inner,
-            service: self.service,
+            layer: self.clone(),
         }
     }
 }
@@ -466,7 +502,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 #[derive(Debug, Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
-    service: &'static str,
+    layer: RpcMetricsLayer,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -485,47 +521,77 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let method = if self.layer.methods.contains(path) {
+            path.to_owned()
+        } else {
+            "unknown".to_owned()
+        };
+        let deadline = grpc_timeout(request.headers())
+            .map_or(self.layer.timeout, |asked| asked.min(self.layer.timeout));
         let call = Call {
-            service: self.service,
-            method: request.uri().path().to_owned(),
+            service: self.layer.service,
+            method,
             start: Instant::now(),
+            deadline,
+            recorded: false,
         };
         let answer = self.inner.call(request);
         Box::pin(async move { Ok(call.observe(answer.await?)) })
     }
 }
 
-/// One call being answered; recorded once, when its final status is known.
+/// The caller's `grpc-timeout` (`<up to 8 digits><H|M|S|m|u|n>`), if it sent a valid one.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// One call being answered; recorded exactly once, when its final status is known or, if it
+/// never is, when the call is dropped.
 #[derive(Debug)]
 struct Call {
     service: &'static str,
     method: String,
     start: Instant,
+    deadline: Duration,
+    recorded: bool,
 }
 
 impl Call {
     /// An error answered in the headers (trailers-only) is final now; otherwise the status
     /// comes in the trailers at the end of the body.
     fn observe(
-        self,
+        mut self,
         response: http::Response<tonic::body::Body>,
     ) -> http::Response<tonic::body::Body> {
         if let Some(code) = grpc_status(response.headers()) {
             self.finish(code);
             return response;
         }
-        response.map(|body| {
-            tonic::body::Body::new(Observed {
-                body,
-                call: Some(self),
-            })
-        })
+        response.map(|body| tonic::body::Body::new(Observed { body, call: self }))
     }
 
-    fn finish(self, code: tonic::Code) {
+    fn finish(&mut self, code: tonic::Code) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
         let labels = [
             KeyValue::new("service", self.service),
-            KeyValue::new("method", self.method),
+            KeyValue::new("method", std::mem::take(&mut self.method)),
             KeyValue::new("code", code_name(code)),
         ];
         let instruments = instruments();
@@ -536,15 +602,29 @@ impl Call {
     }
 }
 
+impl Drop for Call {
+    /// Dropped unanswered: the server's or the caller's deadline passed (tonic drops the call
+    /// and answers it itself), or the caller went away.
+    fn drop(&mut self) {
+        let code = if self.start.elapsed() >= self.deadline {
+            tonic::Code::DeadlineExceeded
+        } else {
+            tonic::Code::Cancelled
+        };
+        self.finish(code);
+    }
+}
+
 fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
     let value = headers.get("grpc-status")?.to_str().ok()?;
     Some(tonic::Code::from_i32(value.parse().ok()?))
 }
 
-/// A response body that records its call when the trailers pass (or the caller goes away).
+/// A response body that records its call when the trailers pass (or, through the call's own
+/// drop, when the caller goes away first).
 struct Observed {
     body: tonic::body::Body,
-    call: Option<Call>,
+    call: Call,
 }
 
 impl http_body::Body for Observed {
@@ -564,29 +644,18 @@ impl http_body::Body for Observed {
             Poll::Ready(None) => Some(tonic::Code::Unknown),
             Poll::Pending => None,
         };
-        if let Some(code) = finished
-            && let Some(call) = self.call.take()
-        {
-            call.finish(code);
+        if let Some(code) = finished {
+            self.call.finish(code);
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.call.is_none() && self.body.is_end_stream()
+        self.call.recorded && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-impl Drop for Observed {
-    fn drop(&mut self) {
-        // The body was dropped before its status was sent: the caller went away.
-        if let Some(call) = self.call.take() {
-            call.finish(tonic::Code::Cancelled);
-        }
     }
 }
 
@@ -615,6 +684,7 @@ fn code_name(code: tonic::Code) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 
@@ -626,6 +696,35 @@ mod tests {
             r#"{method="a\"b\\c\nd",le="0.5"}"#
         );
         assert_eq!(labels([].iter(), None), "");
+    }
+
+    #[test]
+    fn a_callers_grpc_timeout_is_read_in_every_unit_and_nonsense_is_ignored() {
+        let timeout = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout("150m"), Some(Duration::from_millis(150)));
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("7n"), Some(Duration::from_nanos(7)));
+        for nonsense in ["", "S", "123456789S", "10x", "-1S", "1.5S"] {
+            assert_eq!(timeout(nonsense), None, "{nonsense}");
+        }
+    }
+
+    #[test]
+    fn only_the_servers_own_methods_are_labelled_by_name() {
+        let layer = RpcMetricsLayer::new(
+            "health",
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(layer.methods.contains("/grpc.health.v1.Health/Check"));
+        assert!(layer.methods.contains(REFLECTION_METHODS[0]));
+        assert!(!layer.methods.contains("/attacker/alice@example.com"));
     }
 
     #[test]

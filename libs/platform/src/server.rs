@@ -186,7 +186,11 @@ pub async fn serve(
         .max_concurrent_streams(max_streams)
         .trace_fn(telemetry::server_span)
         // Outermost, so refused calls (unauthenticated, database lost) are counted too.
-        .layer(crate::metrics::RpcMetricsLayer::new(def.name))
+        .layer(crate::metrics::RpcMetricsLayer::new(
+            def.name,
+            def.descriptor_set,
+            limits.request_timeout(),
+        )?)
         // Who is calling is settled first: without credentials the answer is UNAUTHENTICATED
         // whatever the state of the database.
         .layer(AdmissionLayer::new(

@@ -60,6 +60,9 @@ pub fn init(service_name: &str, settings: &TelemetrySettings) -> anyhow::Result<
         // process from the caller to the services it calls.
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()?;
+    if let Some(addr) = settings.metrics_listen {
+        tracing::info!(%addr, "metrics scrape listening");
+    }
     Ok(Telemetry {
         provider,
         _metrics: metrics,

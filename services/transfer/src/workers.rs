@@ -5,7 +5,9 @@
 //!   forget the withdrawal (consent already refuses from the moment DeleteUser returns; this is
 //!   the second, independent source);
 //! - the checkpoint writer, a single writer across replicas: whenever the log has grown it signs
-//!   the new tree head, checking every interval (so at least every second while records arrive).
+//!   the new tree head, checking every interval (so at least every second while records arrive);
+//! - the checkpoint monitor, on every replica: how far the newest checkpoint is behind the log,
+//!   for the metrics, read from the database whoever signs (or if nobody does).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,10 @@ use crate::{store, tree};
 /// How often the checkpoint writer looks for growth.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Starts both once the schema is migrated; they stop when the server drains.
+/// How often every replica measures the checkpoint lag.
+const MONITOR_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Starts them once the schema is migrated; they stop when the server drains.
 pub fn start(
     context: ServiceContext,
     identity: Identity,
@@ -44,13 +49,18 @@ pub fn start(
             |conn: &mut PgConnection, event: &UserEvent| Box::pin(apply(conn, event)),
             drained(draining.clone()),
         );
+        let monitor = monitor_checkpoints(pool.clone(), draining.clone());
         match signer {
             Some(signer) => {
-                tokio::join!(consume, checkpoints(pool, signer, origin, draining));
+                tokio::join!(
+                    consume,
+                    monitor,
+                    checkpoints(pool, signer, origin, draining)
+                );
             }
             None => {
                 tracing::error!("no auth.signing_key: the transfer log cannot be checkpointed");
-                consume.await;
+                tokio::join!(consume, monitor);
             }
         }
     });
@@ -91,24 +101,43 @@ async fn checkpoint_if_grown(
 ) -> Result<(), sqlx::Error> {
     let size = store::log_size(&mut *conn).await?;
     let latest = store::latest_checkpoint(&mut *conn).await?;
-    let covered = latest.as_ref().map_or(0, |c| c.tree_size);
-    let waiting = u64::try_from(size - covered).unwrap_or(0);
-    let age = latest
-        .as_ref()
-        .filter(|_| waiting > 0)
-        .and_then(|c| (chrono::Utc::now() - c.time).to_std().ok())
-        .unwrap_or_default();
-    portal_platform::metrics::checkpoint_lag(waiting, age);
-    if waiting == 0 && latest.is_some() {
+    if latest.is_some_and(|c| c.tree_size >= size) {
         return Ok(());
     }
     let checkpoint = tree::sign(conn, signer, origin, size)
         .await
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     store::insert_checkpoint(conn, &checkpoint).await?;
-    portal_platform::metrics::checkpoint_lag(0, Duration::ZERO);
     tracing::debug!(tree_size = size, "checkpoint signed");
     Ok(())
+}
+
+/// Every `MONITOR_INTERVAL` until the drain: records waiting for a checkpoint, and the newest
+/// checkpoint's age while any wait. Read-only, so every replica reports the same truth and the
+/// lag still grows when no replica can sign.
+async fn monitor_checkpoints(pool: PgPool, draining: watch::Receiver<bool>) {
+    loop {
+        match checkpoint_lag(&pool).await {
+            Ok((waiting, age)) => portal_platform::metrics::checkpoint_lag(waiting, age),
+            Err(e) => tracing::debug!(error = %e, "checkpoint lag not measured"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(MONITOR_INTERVAL) => {}
+            () = drained(draining.clone()) => return,
+        }
+    }
+}
+
+async fn checkpoint_lag(pool: &PgPool) -> Result<(u64, Duration), sqlx::Error> {
+    let size = store::log_size(pool).await?;
+    let latest = store::latest_checkpoint(pool).await?;
+    let covered = latest.as_ref().map_or(0, |c| c.tree_size);
+    let waiting = u64::try_from(size - covered).unwrap_or(0);
+    let age = latest
+        .filter(|_| waiting > 0)
+        .and_then(|c| (Utc::now() - c.time).to_std().ok())
+        .unwrap_or_default();
+    Ok((waiting, age))
 }
 
 async fn apply(conn: &mut PgConnection, event: &UserEvent) -> Result<(), ApiError> {
