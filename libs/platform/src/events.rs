@@ -125,10 +125,7 @@ pub async fn forget_old_events(
     retention_days: u32,
     batch: i32,
 ) -> Result<i64, sqlx::Error> {
-    let forget = format!(
-        "SELECT {}($1, $2)",
-        table(schema, "forget_events")?
-    );
+    let forget = format!("SELECT {}($1, $2)", table(schema, "forget_events")?);
     sqlx::query_scalar(AssertSqlSafe(forget))
         .bind(i32::try_from(retention_days).unwrap_or(i32::MAX))
         .bind(batch)
