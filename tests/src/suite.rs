@@ -108,7 +108,7 @@ impl Service {
 
     /// The binary's file name, e.g. `identity-service`.
     pub fn binary(self) -> String {
-        format!("{}-service{}", self.name(), std::env::consts::EXE_SUFFIX)
+        format!("{}-service", self.name())
     }
 
     fn index(self) -> usize {
@@ -526,6 +526,12 @@ impl Suite {
         out
     }
 
+    /// The TLS files every process uses (the test CA, and the certificate and key that serve
+    /// and call), for clients from outside such as the auditor's `transfer-verify`.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
     /// The folder holding the configuration file and the logs (removed with the suite).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -546,12 +552,18 @@ impl Drop for Suite {
 /// The binary of `service` next to the test binary: `<target>/<profile>/deps/<test>` runs,
 /// `<target>/<profile>/<binary>` is the service.
 fn binary(service: Service) -> anyhow::Result<PathBuf> {
+    workspace_binary(&service.binary())
+}
+
+/// A binary of the workspace (`transfer-verify`, say), from the target directory this test runs
+/// from.
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .with_context(|| format!("no target directory above {}", exe.display()))?;
-    let path = profile_dir.join(service.binary());
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     anyhow::ensure!(
         path.is_file(),
         "{} is missing: the end-to-end tests run the real service binaries. Build them with \

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use portal_platform::auth::Kind;
 use portal_proto::approval::v1::approval_request::State as RequestState;
 use portal_proto::approval::v1::approval_request_event::Type as EventType;
 use portal_proto::approval::v1::tenant_connection::State as ConnectionState;
@@ -28,11 +29,11 @@ use portal_proto::identity::v1::{
 };
 use portal_proto::transfer::v1::group_entity::Kind as EntityKind;
 use portal_proto::transfer::v1::{Decision, DenialReason, LegalBasis, Purpose};
-use portal_testkit::eventually;
 use portal_testkit::status::assert_error;
+use portal_testkit::{eventually, keys};
 use portal_tests::suite::{
-    Group, SignedIn, Suite, callers, connection_request, new_request_id, person, registration,
-    transfer_request,
+    Group, Service, SignedIn, Suite, callers, connection_request, new_request_id, person,
+    registration, transfer_request, workspace_binary,
 };
 use tonic::{Code, Streaming};
 
@@ -663,6 +664,47 @@ async fn a_deleted_colleague_is_unreadable_withdrawn_and_refused_and_the_log_sti
         ]
     );
     suite.verify_consistency(&before, &after).await.unwrap();
+
+    // The auditor's own tool fetches the log over mutual TLS, as from outside the suite, and
+    // verifies it offline.
+    let audit_dir = suite.dir().join("audit");
+    let token_file = suite.dir().join("auditor.token");
+    let token = keys::token(Kind::Auditor, "auditors/compliance", None, &[]);
+    std::fs::write(&token_file, token).unwrap();
+    let tls = suite.tls();
+    let file = |path: &Option<std::path::PathBuf>| path.clone().unwrap().into_os_string();
+    let verifier = workspace_binary("transfer-verify").unwrap();
+    let fetched = tokio::process::Command::new(&verifier)
+        .arg("fetch")
+        .args(["--endpoint", &suite.uri(Service::Transfer)])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--out")
+        .arg(&audit_dir)
+        .arg("--ca-file")
+        .arg(file(&tls.ca_file))
+        .arg("--cert-file")
+        .arg(file(&tls.cert_file))
+        .arg("--key-file")
+        .arg(file(&tls.key_file))
+        .output()
+        .await
+        .unwrap();
+    assert!(fetched.status.success(), "{fetched:?}");
+    let checked = tokio::process::Command::new(&verifier)
+        .arg("check")
+        .arg("--records")
+        .arg(audit_dir.join("records.bin"))
+        .arg("--checkpoint")
+        .arg(audit_dir.join("checkpoint.bin"))
+        .arg("--key")
+        .arg(audit_dir.join("key.txt"))
+        .output()
+        .await
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    let said = String::from_utf8(checked.stdout).unwrap();
+    assert!(said.starts_with("verified:"), "{said}");
 
     // An auditor still exports what the suite held about the user, without PI, ending in the
     // withdrawal.

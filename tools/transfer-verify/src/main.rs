@@ -30,7 +30,7 @@ enum Command {
     /// Download `records.bin`, `checkpoint.bin` and `key.txt` (and, with --older,
     /// `consistency.bin`) into a folder.
     Fetch {
-        /// The transfer service, e.g. `http://127.0.0.1:50054`.
+        /// The transfer service, e.g. `http://127.0.0.1:50054` (or `https://...` with --ca-file).
         #[arg(long)]
         endpoint: String,
         /// A file holding an AUDITOR (or OPERATOR) token.
@@ -42,6 +42,8 @@ enum Command {
         /// A checkpoint kept from earlier: also fetch the proof that it is a prefix of the new one.
         #[arg(long)]
         older: Option<PathBuf>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Check every record's leaf hash, the tree root and the checkpoint's signature.
     Check {
@@ -66,6 +68,29 @@ enum Command {
     },
 }
 
+/// TLS to the transfer service (an `https://` endpoint): the CA that signs its certificate, and
+/// for mutual TLS the auditor's own certificate and key (PEM files).
+#[derive(clap::Args)]
+struct TlsArgs {
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn settings(self) -> portal_platform::tls::TlsSettings {
+        portal_platform::tls::TlsSettings {
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+            client_ca_file: None,
+            ca_file: self.ca_file,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let outcome = match args.command {
@@ -74,9 +99,16 @@ fn main() -> ExitCode {
             token_file,
             out,
             older,
+            tls,
         } => match tokio::runtime::Runtime::new() {
             Ok(runtime) => runtime
-                .block_on(fetch(&endpoint, &token_file, &out, older.as_deref()))
+                .block_on(fetch(
+                    &endpoint,
+                    &tls.settings(),
+                    &token_file,
+                    &out,
+                    older.as_deref(),
+                ))
                 .map(|()| Ok(format!("fetched into {}", out.display()))),
             Err(e) => Err(e.into()),
         },
@@ -165,13 +197,19 @@ fn bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
 
 async fn fetch(
     endpoint: &str,
+    tls: &portal_platform::tls::TlsSettings,
     token_file: &Path,
     out: &Path,
     older: Option<&Path>,
 ) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(token_file)
         .with_context(|| format!("reading {}", token_file.display()))?;
-    let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())?
+    let mut channel = tonic::transport::Channel::from_shared(endpoint.to_owned())?;
+    let host = channel.uri().host().unwrap_or_default().to_owned();
+    if let Some(config) = portal_platform::tls::client_config(tls, &host)? {
+        channel = channel.tls_config(config)?;
+    }
+    let channel = channel
         .connect()
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
