@@ -232,13 +232,35 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
     suite.authorize(request).await.unwrap();
     suite.checkpoint(1).await.unwrap();
 
-    // A call the server's deadline ends, and a call to a path no service has, made up by the
-    // caller (the label must not carry what the caller wrote).
+    // A call whose deadline passes while the database holds it up (the test locks the table
+    // it reads), and a call to a path no service has, made up by the caller (the label must
+    // not carry what the caller wrote).
+    let superuser = suite.db().admin_pool().await.unwrap();
+    let mut blocker = superuser.begin().await.unwrap();
+    sqlx::query("LOCK TABLE identity.tenants IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
     let mut slow = callers::operator(GetTenantRequest {
         name: tenant.name.clone(),
     });
-    slow.set_timeout(Duration::from_nanos(1));
-    assert!(suite.identity().get_tenant(slow).await.is_err());
+    slow.set_timeout(Duration::from_millis(300));
+    let late = suite.identity().get_tenant(slow).await.unwrap_err();
+    assert_eq!(
+        late.code(),
+        tonic::Code::Cancelled,
+        "tonic's answer: {late:?}"
+    );
+    // Held until the server has given up on the call too, so it cannot finish it late.
+    let get_tenant = "/portal.identity.v1.IdentityService/GetTenant";
+    let late = [("method", get_tenant), ("code", "DEADLINE_EXCEEDED")];
+    eventually(Duration::from_secs(10), "the late call", || async {
+        let identity = metrics_of(&suite, Service::Identity).await;
+        (sample(&identity, "portal_rpc_requests_total", &late) == Some(1.0)).then_some(())
+    })
+    .await
+    .unwrap();
+    blocker.rollback().await.unwrap();
     let mut grpc = tonic::client::Grpc::new(suite.channel(Service::Identity));
     grpc.ready().await.unwrap();
     let made_up = http::uri::PathAndQuery::from_static("/attacker/person1@example.com");
@@ -254,15 +276,6 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
 
     // Calls by method and status code, with their latency.
     let identity = metrics_of(&suite, Service::Identity).await;
-    let get_tenant = "/portal.identity.v1.IdentityService/GetTenant";
-    assert_eq!(
-        sample(
-            &identity,
-            "portal_rpc_requests_total",
-            &[("method", get_tenant), ("code", "DEADLINE_EXCEEDED")]
-        ),
-        Some(1.0)
-    );
     assert_eq!(
         sample(
             &identity,
@@ -348,11 +361,11 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
 
     // The checkpoint lag, measured by every transfer replica from the database: once the
     // transfer is covered nothing waits; while no replica can sign (the test holds the
-    // checkpointer's lock), a new record waits and the newest checkpoint ages.
+    // checkpointer's lock), a new record waits, and for longer and longer.
     let lag = |exposition: &str| {
         sample(exposition, "portal_transfer_checkpoint_lag_records", &[]).zip(sample(
             exposition,
-            "portal_transfer_checkpoint_age_seconds",
+            "portal_transfer_checkpoint_wait_seconds",
             &[],
         ))
     };
@@ -364,7 +377,6 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
     suite.kill(Service::Transfer).unwrap();
     let (release, released) = tokio::sync::watch::channel(false);
     let (held_tx, held) = tokio::sync::oneshot::channel();
-    let superuser = suite.db().admin_pool().await.unwrap();
     let holder = tokio::spawn(async move {
         let mut held_tx = Some(held_tx);
         let mut released = released;
@@ -380,7 +392,10 @@ async fn every_process_serves_its_metrics_to_prometheus_and_exports_them_over_ot
             })
             .await;
     });
-    held.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the test takes the checkpointer's lock")
+        .unwrap();
     suite.restart(Service::Transfer).await.unwrap();
     let request = transfer_request(
         &admin.user.name,

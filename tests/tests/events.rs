@@ -69,7 +69,11 @@ struct Suite {
 async fn suite() -> Suite {
     install_telemetry();
     let db = TestDb::new(&all_schemas()).await.unwrap();
-    let identity = TestService::start(IDENTITY, db.url()).await.unwrap();
+    // The service's own retention sweep must not race the tests that forget events themselves.
+    let keep_long = [("PORTAL_EVENTS__RETENTION_DAYS", "3650")];
+    let identity = TestService::start_with(IDENTITY, db.url(), &keep_long)
+        .await
+        .unwrap();
     let identity_app = db.app_pool(IDENTITY.schema).unwrap();
     let role: String = sqlx::query_scalar("SELECT current_user::text")
         .fetch_one(&identity_app)

@@ -9,8 +9,8 @@
 //! - `portal_event_feed_lag_seconds{consumer,feed}`: how long after it was written the last
 //!   event was applied, and `portal_event_feed_connected{consumer,feed}` (1 while the feed is
 //!   open);
-//! - `portal_transfer_checkpoint_lag_records` and `portal_transfer_checkpoint_age_seconds`: how
-//!   far the newest signed checkpoint is behind the transfer log.
+//! - `portal_transfer_checkpoint_lag_records` and `portal_transfer_checkpoint_wait_seconds`: how
+//!   many transfer records no signed checkpoint covers yet, and how long the oldest has waited.
 //!
 //! Labels never carry request contents: a method name, a status code, a service or pool name.
 
@@ -315,7 +315,7 @@ struct Instruments {
     feed_lag: Gauge<f64>,
     feed_connected: Gauge<u64>,
     checkpoint_lag: Gauge<u64>,
-    checkpoint_age: Gauge<f64>,
+    checkpoint_wait: Gauge<f64>,
 }
 
 fn instruments() -> &'static Instruments {
@@ -346,10 +346,10 @@ fn instruments() -> &'static Instruments {
                 .u64_gauge("portal.transfer.checkpoint.lag_records")
                 .with_description("Transfer records not yet covered by a signed checkpoint.")
                 .build(),
-            checkpoint_age: meter
-                .f64_gauge("portal.transfer.checkpoint.age")
+            checkpoint_wait: meter
+                .f64_gauge("portal.transfer.checkpoint.wait")
                 .with_unit("s")
-                .with_description("Age of the newest signed checkpoint while records wait.")
+                .with_description("How long the oldest record not under a checkpoint has waited.")
                 .build(),
         }
     })
@@ -385,11 +385,14 @@ fn feed_labels(consumer: &str, feed: &str) -> [KeyValue; 2] {
     ]
 }
 
-/// Records how far the newest signed checkpoint is behind the transfer log.
-pub fn checkpoint_lag(records: u64, age: Duration) {
+/// Records how far the newest signed checkpoint is behind the transfer log: records not under
+/// it, and how long the oldest of them has waited.
+pub fn checkpoint_lag(records: u64, waited: Duration) {
     let instruments = instruments();
     instruments.checkpoint_lag.record(records, &[]);
-    instruments.checkpoint_age.record(age.as_secs_f64(), &[]);
+    instruments
+        .checkpoint_wait
+        .record(waited.as_secs_f64(), &[]);
 }
 
 /// The pools the connection gauges report, by name.
@@ -527,13 +530,13 @@ where
         } else {
             "unknown".to_owned()
         };
-        let deadline = grpc_timeout(request.headers())
-            .map_or(self.layer.timeout, |asked| asked.min(self.layer.timeout));
         let call = Call {
             service: self.layer.service,
             method,
             start: Instant::now(),
-            deadline,
+            caller_deadline: grpc_timeout(request.headers()),
+            server_timeout: self.layer.timeout,
+            answering: false,
             recorded: false,
         };
         let answer = self.inner.call(request);
@@ -567,7 +570,12 @@ struct Call {
     service: &'static str,
     method: String,
     start: Instant,
-    deadline: Duration,
+    /// The caller's `grpc-timeout`: it bounds the whole call, streams included.
+    caller_deadline: Option<Duration>,
+    /// `server.request_timeout_ms`: tonic applies it only until the response headers are sent.
+    server_timeout: Duration,
+    /// The headers are sent and the body (a unary answer or a stream) is under way.
+    answering: bool,
     recorded: bool,
 }
 
@@ -582,6 +590,7 @@ impl Call {
             self.finish(code);
             return response;
         }
+        self.answering = true;
         response.map(|body| tonic::body::Body::new(Observed { body, call: self }))
     }
 
@@ -602,11 +611,24 @@ impl Call {
     }
 }
 
+/// The caller's clock and tonic's timer start a moment before this layer sees a call, so a call
+/// ended by its deadline looks a few milliseconds short of it here.
+const DEADLINE_SLACK: Duration = Duration::from_millis(25);
+
 impl Drop for Call {
-    /// Dropped unanswered: the server's or the caller's deadline passed (tonic drops the call
-    /// and answers it itself), or the caller went away.
+    /// Dropped unanswered: a deadline in force passed (tonic drops the call and answers it
+    /// itself), or the caller went away (a watcher closing its stream, say).
     fn drop(&mut self) {
-        let code = if self.start.elapsed() >= self.deadline {
+        let deadline = if self.answering {
+            self.caller_deadline
+        } else {
+            Some(
+                self.caller_deadline
+                    .map_or(self.server_timeout, |asked| asked.min(self.server_timeout)),
+            )
+        };
+        let passed = |deadline: Duration| self.start.elapsed() + DEADLINE_SLACK >= deadline;
+        let code = if deadline.is_some_and(passed) {
             tonic::Code::DeadlineExceeded
         } else {
             tonic::Code::Cancelled

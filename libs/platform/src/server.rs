@@ -179,8 +179,8 @@ pub async fn serve(
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = builder
-        // tonic's own timeout answers DEADLINE_EXCEEDED / CANCELLED and honours the caller's
-        // `grpc-timeout` (a tower TimeoutLayer would reset the stream instead).
+        // tonic's own timeout (until the response headers) answers CANCELLED and honours the
+        // caller's `grpc-timeout` (a tower TimeoutLayer would reset the stream instead).
         .timeout(limits.request_timeout())
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .max_concurrent_streams(max_streams)

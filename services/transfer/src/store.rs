@@ -245,6 +245,17 @@ pub async fn records(
 }
 
 /// The number of records in the log.
+/// When record `sequence` was appended, if it exists.
+pub async fn record_time<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    sequence: i64,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT record_time FROM transfer.records WHERE sequence = $1")
+        .bind(sequence)
+        .fetch_optional(executor)
+        .await
+}
+
 pub async fn log_size<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT size FROM transfer.log_head")
         .fetch_one(executor)

@@ -112,8 +112,8 @@ async fn checkpoint_if_grown(
     Ok(())
 }
 
-/// Every `MONITOR_INTERVAL` until the drain: records waiting for a checkpoint, and the newest
-/// checkpoint's age while any wait. Read-only, so every replica reports the same truth and the
+/// Every `MONITOR_INTERVAL` until the drain: records waiting for a checkpoint, and how long the
+/// oldest of them has waited. Read-only, so every replica reports the same truth and the
 /// lag still grows when no replica can sign.
 async fn monitor_checkpoints(pool: PgPool, draining: watch::Receiver<bool>) {
     loop {
@@ -130,14 +130,18 @@ async fn monitor_checkpoints(pool: PgPool, draining: watch::Receiver<bool>) {
 
 async fn checkpoint_lag(pool: &PgPool) -> Result<(u64, Duration), sqlx::Error> {
     let size = store::log_size(pool).await?;
-    let latest = store::latest_checkpoint(pool).await?;
-    let covered = latest.as_ref().map_or(0, |c| c.tree_size);
-    let waiting = u64::try_from(size - covered).unwrap_or(0);
-    let age = latest
-        .filter(|_| waiting > 0)
-        .and_then(|c| (Utc::now() - c.time).to_std().ok())
+    let covered = store::latest_checkpoint(pool)
+        .await?
+        .map_or(0, |c| c.tree_size);
+    if size <= covered {
+        return Ok((0, Duration::ZERO));
+    }
+    // The oldest record no checkpoint covers yet: the first after the newest checkpoint.
+    let oldest = store::record_time(pool, covered).await?;
+    let waited = oldest
+        .and_then(|time| (Utc::now() - time).to_std().ok())
         .unwrap_or_default();
-    Ok((waiting, age))
+    Ok((u64::try_from(size - covered).unwrap_or(0), waited))
 }
 
 async fn apply(conn: &mut PgConnection, event: &UserEvent) -> Result<(), ApiError> {

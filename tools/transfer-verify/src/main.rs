@@ -74,7 +74,7 @@ enum Command {
 struct TlsArgs {
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
-    #[arg(long, value_name = "FILE", requires = "key_file")]
+    #[arg(long, value_name = "FILE", requires_all = ["key_file", "ca_file"])]
     cert_file: Option<PathBuf>,
     #[arg(long, value_name = "FILE", requires = "cert_file")]
     key_file: Option<PathBuf>,
@@ -205,7 +205,17 @@ async fn fetch(
     let token = std::fs::read_to_string(token_file)
         .with_context(|| format!("reading {}", token_file.display()))?;
     let mut channel = tonic::transport::Channel::from_shared(endpoint.to_owned())?;
-    let host = channel.uri().host().unwrap_or_default().to_owned();
+    // The token must never travel in the clear by mistake: TLS settings and the scheme agree.
+    let https = channel.uri().scheme_str() == Some("https");
+    anyhow::ensure!(
+        https == tls.ca_file.is_some(),
+        "an https:// endpoint needs --ca-file, and --ca-file needs an https:// endpoint"
+    );
+    let host = channel.uri().host().unwrap_or_default();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     if let Some(config) = portal_platform::tls::client_config(tls, &host)? {
         channel = channel.tls_config(config)?;
     }

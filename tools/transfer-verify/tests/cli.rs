@@ -86,3 +86,34 @@ fn the_cli_verifies_an_honest_export_and_names_an_altered_record() {
     std::fs::write(dir.path().join("checkpoint.bin"), b"not a checkpoint").unwrap();
     assert_eq!(run(dir.path(), &public).status.code(), Some(2));
 }
+
+#[test]
+fn fetch_refuses_to_send_the_token_where_tls_settings_and_scheme_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("auditor.token");
+    std::fs::write(&token, "a-token").unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, "not read").unwrap();
+    let fetch = |endpoint: &str, ca_file: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_transfer-verify"));
+        command
+            .args(["fetch", "--endpoint", endpoint, "--token-file"])
+            .arg(&token)
+            .arg("--out")
+            .arg(dir.path().join("out"));
+        if let Some(ca_file) = ca_file {
+            command.arg("--ca-file").arg(ca_file);
+        }
+        command.output().unwrap()
+    };
+    // A CA for a plaintext endpoint would be ignored, and the token sent in the clear.
+    for output in [
+        fetch("http://127.0.0.1:9", Some(&ca)),
+        fetch("https://127.0.0.1:9", None),
+    ] {
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("--ca-file"), "{said}");
+    }
+    assert!(!dir.path().join("out").exists());
+}
