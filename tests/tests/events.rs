@@ -662,3 +662,36 @@ async fn events_past_retention_are_forgotten_oldest_first_and_older_cursors_expi
     let info = expired.get_error_details().error_info().cloned().unwrap();
     assert_eq!(info.reason, "CURSOR_EXPIRED");
 }
+
+#[tokio::test]
+async fn a_cursor_ahead_of_the_feed_is_refused_as_made_up() {
+    let suite = suite().await;
+    let ids = append_committed(&suite.identity_app, 0..2).await;
+    let channel = suite.identity.channel().await.unwrap();
+    let mut stream = watch(channel.clone(), "").await.unwrap();
+    let newest = {
+        next(&mut stream).await;
+        next(&mut stream).await
+    };
+    assert_eq!(newest.sequence, ids[1]);
+
+    // The newest event's own cursor is fine; one a transaction further on was never given out.
+    let mut at_newest = watch(channel.clone(), &newest.cursor).await.unwrap();
+    assert_quiet(&mut at_newest, "nothing after the newest event").await;
+    let (tx, id): (String, i64) = sqlx::query_as(
+        "SELECT tx::text, id FROM identity.outbox ORDER BY tx DESC, id DESC LIMIT 1",
+    )
+    .fetch_one(&suite.identity_app)
+    .await
+    .unwrap();
+    let tx: u64 = tx.parse().unwrap();
+    let made_up = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("v1:identity:{}:{id}", tx + 1))
+    };
+    let refused = watch_failure(channel, &made_up).await;
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let info = refused.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "INVALID_CURSOR");
+}

@@ -201,6 +201,11 @@ impl Cursor {
         )
     }
 
+    fn ahead() -> ApiError {
+        ApiError::invalid_argument(INVALID_CURSOR, "the cursor is ahead of the feed")
+            .violation("after", "not a cursor this feed gave out")
+    }
+
     fn foreign() -> ApiError {
         ApiError::invalid_argument(INVALID_CURSOR, "not a cursor of this feed")
             .violation("after", "not a cursor of this feed")
@@ -347,6 +352,21 @@ pub fn feed(
         );
         let horizon = format!("SELECT tx::text, id FROM {schema}.outbox_horizon");
         let (mut tx, mut id) = after.map_or((0, 0), |cursor| cursor.position());
+        // A cursor comes from an event this feed delivered: one past the newest event (and past
+        // the horizon) was made up, and would skip whatever the feed appends up to it.
+        if (tx, id) != (0, 0) {
+            match reached(&pool, &outbox, &horizon).await {
+                Ok(reached) if (tx, id) > reached => {
+                    yield Err(Cursor::ahead());
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            }
+        }
         loop {
             let rows: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(AssertSqlSafe(select.clone()))
                 .bind(tx.to_string())
@@ -449,6 +469,25 @@ where
             }
         }
     }))
+}
+
+/// The furthest position a cursor of this feed can hold: the newest event's, or the horizon's
+/// when that is further (every event forgotten).
+async fn reached(pool: &PgPool, outbox: &str, horizon: &str) -> Result<(u64, i64), ApiError> {
+    let newest = format!("SELECT tx::text, id FROM {outbox} ORDER BY tx DESC, id DESC LIMIT 1");
+    let newest: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(newest))
+        .fetch_optional(pool)
+        .await?;
+    let newest = newest
+        .map(|(tx, id)| {
+            tx.parse::<u64>()
+                .map(|tx| (tx, id))
+                .map_err(|_| ApiError::internal("an event has a bad transaction id"))
+        })
+        .transpose()?
+        .unwrap_or((0, 0));
+    let forgotten = forgotten_up_to(pool, horizon).await?.unwrap_or((0, 0));
+    Ok(newest.max(forgotten))
 }
 
 /// The position of the newest forgotten event, if any was.
