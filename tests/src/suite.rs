@@ -40,8 +40,8 @@ use portal_proto::consent::v1::{
 use portal_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use portal_proto::identity::v1::user::Role;
 use portal_proto::identity::v1::{
-    AccessToken, ActivateUserRequest, Attestation, CreateTenantRequest, RegisterUserRequest,
-    RegisterUserResponse, SignInRequest, Tenant, User,
+    AccessToken, ActivateUserRequest, Attestation, CreateTenantRequest, DeleteUserRequest,
+    DeletionReceipt, RegisterUserRequest, RegisterUserResponse, SignInRequest, Tenant, User,
 };
 use portal_proto::transfer::v1::affiliate_transfer_service_client::AffiliateTransferServiceClient;
 use portal_proto::transfer::v1::group_entity::Kind as EntityKind;
@@ -874,6 +874,23 @@ impl Suite {
     }
 
     /// The portal's back end signs a user in with their email and password.
+    /// The user deletes their own registration (Art. 5.3); identity's signed receipt.
+    pub async fn delete_own_registration(
+        &self,
+        user: &SignedIn,
+    ) -> anyhow::Result<DeletionReceipt> {
+        let request = DeleteUserRequest {
+            name: user.user.name.clone(),
+            etag: String::new(),
+            request_id: new_request_id(),
+        };
+        Ok(self
+            .identity()
+            .delete_user(user.request(request))
+            .await?
+            .into_inner())
+    }
+
     pub async fn sign_in(&self, email: &str) -> anyhow::Result<AccessToken> {
         let request = SignInRequest {
             email: email.to_owned(),

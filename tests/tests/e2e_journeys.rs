@@ -25,7 +25,7 @@ use portal_proto::approval::v1::{
 use portal_proto::consent::v1::{Basis, GetEffectiveDocumentsRequest, ListConsentRecordsRequest};
 use portal_proto::identity::v1::user::{AcquisitionChannel, Role, State as UserState};
 use portal_proto::identity::v1::{
-    DeleteUserRequest, ExportUserDataRequest, GetUserRequest, RegisterUserResponse, Tenant,
+    ExportUserDataRequest, GetUserRequest, RegisterUserResponse, Tenant,
 };
 use portal_proto::transfer::v1::group_entity::Kind as EntityKind;
 use portal_proto::transfer::v1::{Decision, DenialReason, LegalBasis, Purpose};
@@ -541,16 +541,8 @@ async fn a_deleted_colleague_is_unreadable_withdrawn_and_refused_and_the_log_sti
         .into_inner();
 
     // The colleague deletes their registration (Art. 5.3).
-    let receipt = suite
-        .identity()
-        .delete_user(colleague.request(DeleteUserRequest {
-            name: subject.clone(),
-            etag: String::new(),
-            request_id: new_request_id(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    assert_eq!(colleague.user.name, subject);
+    let receipt = suite.delete_own_registration(&colleague).await.unwrap();
     assert!(receipt.data_key_destroyed);
 
     // The PI is gone: a tombstone for the admin, nothing to sign in with, no data key left in

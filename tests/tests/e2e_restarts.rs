@@ -19,8 +19,8 @@ use portal_proto::approval::v1::{
     WatchApprovalRequestsRequest,
 };
 use portal_proto::consent::v1::{Basis, RecordConsentRequest, Scope};
+use portal_proto::identity::v1::GetUserRequest;
 use portal_proto::identity::v1::user::{Role, State as UserState};
-use portal_proto::identity::v1::{DeleteUserRequest, GetUserRequest};
 use portal_proto::transfer::v1::{
     Decision, DenialReason, GetTransferRecordRequest, LegalBasis, Purpose,
 };
@@ -317,16 +317,8 @@ async fn each_service_killed_mid_journey_keeps_what_it_acknowledged_and_the_jour
     // the withdrawal in the restarted consent), the next transfer is refused, the request still
     // waiting is withdrawn (approval, restarted, following the restarted identity's feed), the
     // accepted one stays accepted, and the whole log verifies.
-    let receipt = suite
-        .identity()
-        .delete_user(colleague.request(DeleteUserRequest {
-            name: subject.clone(),
-            etag: String::new(),
-            request_id: new_request_id(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    assert_eq!(colleague.user.name, subject);
+    let receipt = suite.delete_own_registration(&colleague).await.unwrap();
     assert!(receipt.data_key_destroyed);
     let refused = suite
         .authorize(transfer_request(

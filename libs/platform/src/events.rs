@@ -354,18 +354,11 @@ pub fn feed(
         let (mut tx, mut id) = after.map_or((0, 0), |cursor| cursor.position());
         // A cursor comes from an event this feed delivered: one past the newest event (and past
         // the horizon) was made up, and would skip whatever the feed appends up to it.
-        if (tx, id) != (0, 0) {
-            match reached(&pool, &outbox, &horizon).await {
-                Ok(reached) if (tx, id) > reached => {
-                    yield Err(Cursor::ahead());
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    yield Err(e);
-                    return;
-                }
-            }
+        if (tx, id) != (0, 0)
+            && let Err(e) = still_in_feed(&pool, &horizon, (tx, id), Some(&outbox)).await
+        {
+            yield Err(e);
+            return;
         }
         loop {
             let rows: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(AssertSqlSafe(select.clone()))
@@ -384,18 +377,11 @@ pub fn feed(
             // Read after the rows: if the horizon is still at or before the position, nothing
             // after the position was forgotten before the rows were read. A stream from the
             // start has no position to lose until it delivers its first event.
-            if (tx, id) != (0, 0) {
-                match forgotten_up_to(&pool, &horizon).await {
-                    Ok(Some(newest)) if (tx, id) < newest => {
-                        yield Err(Cursor::expired());
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        yield Err(e);
-                        return;
-                    }
-                }
+            if (tx, id) != (0, 0)
+                && let Err(e) = still_in_feed(&pool, &horizon, (tx, id), None).await
+            {
+                yield Err(e);
+                return;
             }
             let caught_up = i64::try_from(rows.len()).unwrap_or(i64::MAX) < BATCH;
             for row in rows {
@@ -471,34 +457,38 @@ where
     }))
 }
 
-/// The furthest position a cursor of this feed can hold: the newest event's, or the horizon's
-/// when that is further (every event forgotten).
-async fn reached(pool: &PgPool, outbox: &str, horizon: &str) -> Result<(u64, i64), ApiError> {
-    let newest = format!("SELECT tx::text, id FROM {outbox} ORDER BY tx DESC, id DESC LIMIT 1");
-    let newest: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(newest))
-        .fetch_optional(pool)
-        .await?;
-    let newest = newest
-        .map(|(tx, id)| {
-            tx.parse::<u64>()
-                .map(|tx| (tx, id))
-                .map_err(|_| ApiError::internal("an event has a bad transaction id"))
-        })
-        .transpose()?
-        .unwrap_or((0, 0));
-    let forgotten = forgotten_up_to(pool, horizon).await?.unwrap_or((0, 0));
-    Ok(newest.max(forgotten))
+/// That `position` is still one of this feed's: `CURSOR_EXPIRED` if events after it were
+/// forgotten (the horizon, read with `horizon`, is past it), and with `outbox` also
+/// `INVALID_CURSOR` if it is past the newest event and the horizon (never given out).
+async fn still_in_feed(
+    pool: &PgPool,
+    horizon: &str,
+    position: (u64, i64),
+    outbox: Option<&str>,
+) -> Result<(), ApiError> {
+    let forgotten = newest_position(pool, horizon).await?.unwrap_or((0, 0));
+    if position < forgotten {
+        return Err(Cursor::expired());
+    }
+    if let Some(outbox) = outbox {
+        let newest = format!("SELECT tx::text, id FROM {outbox} ORDER BY tx DESC, id DESC LIMIT 1");
+        let newest = newest_position(pool, &newest).await?.unwrap_or((0, 0));
+        if position > newest.max(forgotten) {
+            return Err(Cursor::ahead());
+        }
+    }
+    Ok(())
 }
 
-/// The position of the newest forgotten event, if any was.
-async fn forgotten_up_to(pool: &PgPool, select: &str) -> Result<Option<(u64, i64)>, ApiError> {
+/// The `(tx, id)` that `select` reads (one row of `tx::text, id`), if any.
+async fn newest_position(pool: &PgPool, select: &str) -> Result<Option<(u64, i64)>, ApiError> {
     let row: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(select.to_owned()))
         .fetch_optional(pool)
         .await?;
     row.map(|(tx, id)| {
         tx.parse::<u64>()
             .map(|tx| (tx, id))
-            .map_err(|_| ApiError::internal("the feed's horizon has a bad transaction id"))
+            .map_err(|_| ApiError::internal("a feed position has a bad transaction id"))
     })
     .transpose()
 }
