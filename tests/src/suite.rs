@@ -50,8 +50,8 @@ use portal_proto::transfer::v1::{
     ExportTransferRecordsRequest, GetCheckpointRequest, GetConsistencyProofRequest, GroupEntity,
     ListSigningKeysRequest, Purpose, TransferRecord,
 };
-use portal_testkit::TestDb;
 use portal_testkit::pki::TestPki;
+use portal_testkit::{TestDb, eventually};
 use secrecy::{ExposeSecret, SecretString};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -331,21 +331,25 @@ impl Suite {
             .status()
             .context("running kill -TERM")?;
         anyhow::ensure!(sent.success(), "kill -TERM {pid} failed: {sent}");
-        let give_up = tokio::time::Instant::now() + SHUTDOWN;
-        loop {
-            let process = self.process_mut(service);
-            if let Some(child) = process.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                process.child = None;
+        let mut child = self
+            .process_mut(service)
+            .child
+            .take()
+            .with_context(|| format!("{service} is not running"))?;
+        let exited = eventually(SHUTDOWN, "the exit after SIGTERM", || {
+            std::future::ready(child.try_wait().ok().flatten())
+        })
+        .await;
+        match exited {
+            Ok(status) => {
                 self.note(service, &format!("stopped (SIGTERM): {status}"));
-                return Ok(status);
+                Ok(status)
             }
-            if tokio::time::Instant::now() >= give_up {
-                process.kill()?;
-                anyhow::bail!("{service} did not exit within {SHUTDOWN:?} of SIGTERM; killed");
+            Err(e) => {
+                child.kill()?;
+                child.wait()?;
+                anyhow::bail!("{service}: {e}; killed")
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -472,29 +476,40 @@ impl Suite {
     }
 
     async fn wait_until_serving(&mut self, service: Service) -> anyhow::Result<()> {
-        let give_up = tokio::time::Instant::now() + STARTUP;
-        loop {
-            let exited = match self.process_mut(service).child.as_mut() {
-                Some(child) => child.try_wait()?,
-                None => anyhow::bail!("{service} is not running"),
-            };
-            if let Some(status) = exited {
-                self.process_mut(service).child = None;
-                anyhow::bail!(
-                    "{service} exited ({status}) before it was SERVING\n{}",
-                    self.tails()
-                );
+        let mut child = self
+            .process_mut(service)
+            .child
+            .take()
+            .with_context(|| format!("{service} is not running"))?;
+        // Ready when health says SERVING; given up at once if the process exits first.
+        let outcome = eventually(STARTUP, "SERVING", || {
+            let exited = child.try_wait();
+            let health = self.health(service);
+            async move {
+                match exited {
+                    Err(e) => Some(Err(anyhow::Error::from(e))),
+                    Ok(Some(status)) => Some(Err(anyhow::anyhow!(
+                        "{service} exited ({status}) before it was SERVING"
+                    ))),
+                    Ok(None) => {
+                        matches!(health.await, Ok(ServingStatus::Serving)).then_some(Ok(()))
+                    }
+                }
             }
-            if matches!(self.health(service).await, Ok(ServingStatus::Serving)) {
-                return Ok(());
+        })
+        .await
+        .and_then(|outcome| outcome);
+        match outcome {
+            Ok(()) => {
+                self.process_mut(service).child = Some(child);
+                Ok(())
             }
-            if tokio::time::Instant::now() >= give_up {
-                anyhow::bail!(
-                    "{service} was not SERVING within {STARTUP:?}\n{}",
-                    self.tails()
-                );
+            Err(e) => {
+                // Not left running unseen: a process that never served is stopped here.
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("{service}: {e}\n{}", self.tails())
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -929,7 +944,7 @@ impl Suite {
     /// The latest signed checkpoint once it covers at least `size` records.
     pub async fn checkpoint(&self, size: i64) -> anyhow::Result<Checkpoint> {
         let transfer = self.transfer();
-        portal_testkit::eventually(
+        eventually(
             STARTUP,
             &format!("a checkpoint of at least {size} records"),
             || {
